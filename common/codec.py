@@ -1,0 +1,87 @@
+"""The stream entry format: one field, ``r``, holding msgpack bytes.
+
+Payload: ``[format_version, kind, producer_id, seq, fields]``. ``producer_id`` + ``seq`` is the
+record's identity (its ``record_key``): a record sent twice (a retried XADD whose reply was
+lost, a journal replayed) keeps it, so the sink can ignore the copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from common.errors import RecordError
+from common.records import KINDS, RecordKind
+
+FORMAT_VERSION = 1
+ENTRY_FIELD = b"r"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decoded record: its kind, its identity and its fields (not yet type-checked)."""
+
+    kind: RecordKind
+    producer_id: str
+    seq: int
+    fields: dict[str, Any]
+
+    @property
+    def record_key(self) -> str:
+        """Identity of the record, stable across retries and replays."""
+        return f"{self.producer_id}:{self.seq}"
+
+    def to_row(self, simulation_id: str) -> dict[str, Any]:
+        """The table row, type-checked (RecordError if a field is wrong)."""
+        return self.kind.to_row(simulation_id, self.record_key, self.fields)
+
+
+def _to_builtin(value: Any) -> Any:
+    """Numpy scalars and arrays (common in simulations) become plain Python values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    # A value msgpack cannot carry is sent as its repr: the consumer then rejects the field by
+    # type and dead-letters the record with the reason, rather than the producer dropping it.
+    return repr(value)
+
+
+def make_encoder() -> Callable[[str, str, int, dict[str, Any]], bytes]:
+    """An encoder with its own reusable packer; use one per thread."""
+    pack = msgpack.Packer(use_bin_type=True, default=_to_builtin).pack
+
+    def encode(kind: str, producer_id: str, seq: int, fields: dict[str, Any]) -> bytes:
+        return pack((FORMAT_VERSION, kind, producer_id, seq, fields))
+
+    return encode
+
+
+def decode(payload: bytes | None) -> Record:
+    """Decode an entry's payload, or raise RecordError saying what is wrong with it."""
+    if payload is None:
+        raise RecordError("entry has no payload: it was trimmed or deleted before it was persisted")
+    try:
+        unpacked = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise RecordError(f"payload is not valid msgpack: {exc}") from exc
+    if not isinstance(unpacked, list) or len(unpacked) != 5:
+        raise RecordError("payload is not a [version, kind, producer, seq, fields] array")
+    version, kind_name, producer_id, seq, fields = unpacked
+    if version != FORMAT_VERSION:
+        raise RecordError(f"unknown format version {version!r}; this consumer reads {FORMAT_VERSION}")
+    kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise RecordError(f"unknown record kind {kind_name!r}")
+    if not isinstance(producer_id, str) or not isinstance(seq, int) or not isinstance(fields, dict):
+        raise RecordError("payload has a malformed producer id, sequence number or fields map")
+    return Record(kind, producer_id, seq, fields)
+
+
+def entry_payload(entry_fields: dict[bytes, bytes] | None) -> bytes | None:
+    """The msgpack bytes of a stream entry's field map (None if the entry was trimmed)."""
+    if entry_fields is None:
+        return None
+    return entry_fields.get(ENTRY_FIELD)

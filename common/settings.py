@@ -1,0 +1,152 @@
+"""Settings for producers and consumers: frozen, validated, read from the environment.
+
+Every setting can come from an environment variable (``SIMSTREAM_*``) and be overridden by an
+explicit argument or CLI flag, so compose files and terminals configure the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from common.errors import ConfigurationError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DB_URL = "sqlite:///simstream.db"
+DEFAULT_NAMESPACE = "simstream"
+DEFAULT_GROUP = "simstream"
+
+ENV_REDIS_URL = "SIMSTREAM_REDIS_URL"
+ENV_DB_URL = "SIMSTREAM_DB_URL"
+ENV_NAMESPACE = "SIMSTREAM_NAMESPACE"
+ENV_GROUP = "SIMSTREAM_GROUP"
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+T = TypeVar("T")
+
+
+def validate_redis_url(url: str) -> str:
+    """Return ``url`` if it is a Redis URL simstream can use, else raise ConfigurationError."""
+    scheme = urlsplit(url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigurationError(
+            f"Redis URL {url!r} has scheme {scheme or 'none'!r}; use redis://HOST:PORT/DB, "
+            f"rediss://... or unix:///path/to/redis.sock (set --redis-url or {ENV_REDIS_URL})"
+        )
+    return url
+
+
+def validate_db_url(url: str) -> str:
+    """Return ``url`` if SQLAlchemy can parse it, else raise ConfigurationError."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"database URL {url!r} is not a SQLAlchemy URL; use sqlite:///path/to/file.db or "
+            f"postgresql+psycopg://user@host/db (set --db or {ENV_DB_URL})"
+        ) from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigurationError(
+            f"database URL {url!r}: backend {parsed.get_backend_name()!r} is not supported; "
+            "use sqlite:/// or postgresql+psycopg://"
+        )
+    return url
+
+
+def normalize_db_url(value: str) -> str:
+    """A SQLAlchemy URL from ``value``: URLs pass through, a bare path becomes a SQLite URL."""
+    if "://" in value:
+        return value
+    return f"sqlite:///{os.path.abspath(os.path.expanduser(value))}"
+
+
+def _require_positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value <= 0:
+            raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+
+
+def _env_overrides(cls: type[T], env: dict[str, str], explicit: dict[str, Any]) -> T:
+    """Build ``cls`` from environment values, then explicit values that are not None."""
+    values = {key: value for key, value in env.items() if value}
+    values.update({key: value for key, value in explicit.items() if value is not None})
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """How a producer buffers and sends records.
+
+    ``max_buffered_records`` bounds the producer's memory: past it, records wait in the on-disk
+    journal instead of RAM, never dropped. ``close_timeout_s`` bounds how long ``close()`` waits.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = DEFAULT_NAMESPACE
+    batch_size: int = 2000
+    flush_interval_s: float = 0.05
+    max_buffered_records: int = 1_000_000
+    close_timeout_s: float = 60.0
+    socket_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        validate_redis_url(self.redis_url)
+        _require_positive(self, "batch_size", "flush_interval_s", "max_buffered_records",
+                          "close_timeout_s", "socket_timeout_s")
+
+    @classmethod
+    def from_env(cls, **explicit: Any) -> ProducerSettings:
+        """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
+        env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
+               "namespace": os.environ.get(ENV_NAMESPACE, "")}
+        return _env_overrides(cls, env, explicit)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How a consumer process reads, persists and acknowledges.
+
+    ``claim_idle_ms``: entries another consumer has held this long are claimed (XAUTOCLAIM).
+    ``drain``: exit 0 once every known simulation is complete and fully persisted.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    db_url: str = DEFAULT_DB_URL
+    namespace: str = DEFAULT_NAMESPACE
+    group: str = DEFAULT_GROUP
+    batch_size: int = 1000
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    claim_interval_ms: int = 5_000
+    discover_interval_ms: int = 1_000
+    max_deliveries: int = 10
+    drain: bool = False
+
+    def __post_init__(self) -> None:
+        validate_redis_url(self.redis_url)
+        validate_db_url(self.db_url)
+        _require_positive(self, "batch_size", "block_ms", "claim_interval_ms",
+                          "discover_interval_ms", "max_deliveries")
+        if self.claim_idle_ms < 0:
+            raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
+
+    @classmethod
+    def from_env(cls, **explicit: Any) -> ConsumerSettings:
+        """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
+        env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
+               "db_url": os.environ.get(ENV_DB_URL, ""),
+               "namespace": os.environ.get(ENV_NAMESPACE, ""),
+               "group": os.environ.get(ENV_GROUP, "")}
+        return _env_overrides(cls, env, explicit)
+
+    def replace(self, **changes: Any) -> ConsumerSettings:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,161 @@
+"""The ``simstream`` command: consume, status, demo, redis.
+
+Every subcommand takes ``--redis-url`` (env ``SIMSTREAM_REDIS_URL``); those that write take
+``--db`` (env ``SIMSTREAM_DB_URL``). Errors print one line and exit with a named code
+(:class:`common.errors.ExitCode`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from common.connections import check_redis, create_sink_engine, ensure_schema, redis_client
+from common.embedded_redis import EmbeddedRedis
+from common.errors import ExitCode, SimstreamError
+from common.keys import Keys
+from common.settings import (DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE,
+                             ENV_REDIS_URL, ConsumerSettings, normalize_db_url)
+from consumer.inspect import all_statuses
+from consumer.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+redis_url_option = click.option("--redis-url", envvar=ENV_REDIS_URL, default=None,
+                                 help=f"Redis URL (env {ENV_REDIS_URL}; default redis://127.0.0.1:6379/0).")
+namespace_option = click.option("--namespace", envvar=ENV_NAMESPACE, default=DEFAULT_NAMESPACE,
+                                show_default=True, help=f"Key prefix in Redis (env {ENV_NAMESPACE}).")
+group_option = click.option("--group", envvar=ENV_GROUP, default=DEFAULT_GROUP, show_default=True,
+                            help=f"Consumer group name (env {ENV_GROUP}).")
+
+
+def _log_options(command):
+    command = click.option("--log-json", is_flag=True, envvar="SIMSTREAM_LOG_JSON",
+                           help="Log one JSON object per line.")(command)
+    return click.option("--log-level", default="INFO", envvar="SIMSTREAM_LOG_LEVEL", show_default=True,
+                        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+                        help="Log level.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simstream")
+def cli() -> None:
+    """simstream: stream simulation records through Redis into SQL, nothing lost or doubled."""
+
+
+@cli.command()
+@click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
+              envvar="SIMSTREAM_PROCESSES", help="Worker processes to run.")
+@redis_url_option
+@click.option("--db", envvar=ENV_DB_URL, default=None,
+              help=f"SQLAlchemy URL or SQLite file path of the sink (env {ENV_DB_URL}).")
+@namespace_option
+@group_option
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Entries per read (COUNT).")
+@click.option("--block-ms", type=click.IntRange(1), default=None, help="How long a read waits (BLOCK).")
+@click.option("--claim-idle-ms", type=click.IntRange(0), default=None,
+              help="Claim entries other consumers have held this long.")
+@click.option("--claim-interval-ms", type=click.IntRange(1), default=None, help="How often to look for them.")
+@click.option("--max-deliveries", type=click.IntRange(1), default=None,
+              help="Dead-letter an entry delivered more times than this.")
+@click.option("--drain", is_flag=True, help="Exit 0 once every known simulation is complete and persisted.")
+@_log_options
+def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, claim_idle_ms,
+            claim_interval_ms, max_deliveries, drain, log_level, log_json) -> None:
+    """Run consumer processes that persist every simulation stream to SQL."""
+    from consumer.supervisor import Supervisor
+
+    configure_logging(log_level, log_json)
+    settings = ConsumerSettings.from_env(
+        redis_url=redis_url, db_url=normalize_db_url(db) if db else None, namespace=namespace,
+        group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+        claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain)
+    preflight(settings)
+    sys.exit(int(Supervisor(settings, processes, log_level, log_json).run()))
+
+
+def preflight(settings: ConsumerSettings) -> None:
+    """Fail fast, with one line, if Redis does not answer or the database cannot be set up."""
+    check_redis(redis_client(settings.redis_url), settings.redis_url)
+    engine = create_sink_engine(settings.db_url)
+    try:
+        ensure_schema(engine)
+    finally:
+        engine.dispose()
+
+
+@cli.command()
+@redis_url_option
+@namespace_option
+@group_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(redis_url, namespace, group, as_json) -> None:
+    """Show every simulation stream: length, lag, pending, consumers, completion."""
+    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace, group=group)
+    client = redis_client(settings.redis_url)
+    check_redis(client, settings.redis_url)
+    statuses = all_statuses(client, Keys(settings.namespace), settings.group)
+    if as_json:
+        click.echo(json.dumps({"group": group, "streams": [s.as_dict() for s in statuses]}, indent=2))
+        return
+    from consumer.status_view import render_status
+
+    render_status(statuses, group)
+
+
+@cli.command()
+@click.option("--agents", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--consumers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--db", default="simstream-demo.db", show_default=True, envvar=ENV_DB_URL,
+              help="SQLite file (or SQLAlchemy URL) to persist into.")
+@redis_url_option
+@click.option("--embedded-redis", is_flag=True,
+              help="Always start a private Redis, even if one is configured or answers at the default.")
+@_log_options
+def demo(agents, steps, consumers, db, redis_url, embedded_redis, log_level, log_json) -> None:
+    """Run a synthetic simulation through Redis into SQL and check every table matches."""
+    from consumer.demo import run_demo
+
+    configure_logging("WARNING" if log_level.upper() == "INFO" else log_level, log_json)
+    sys.exit(int(run_demo(agents=agents, steps=steps, consumers=consumers, db_url=normalize_db_url(db),
+                          redis_url=redis_url, embedded=embedded_redis)))
+
+
+@cli.command("redis")
+@click.option("--dir", "data_dir", default=".simstream-redis", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for the AOF and the log.")
+@click.option("--port", default=6379, show_default=True, type=click.IntRange(1, 65535))
+def redis_command(data_dir, port) -> None:
+    """Run the embedded Redis server (127.0.0.1, AOF on) in the foreground."""
+    server = EmbeddedRedis(Path(data_dir), port=port).start()
+    click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def main() -> None:
+    """Console entry point: one line and a named exit code for every expected failure."""
+    try:
+        cli.main(standalone_mode=False)
+    except SimstreamError as exc:
+        click.echo(f"simstream: error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    except click.exceptions.Abort:
+        click.echo("simstream: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(int(ExitCode.BAD_CONFIGURATION))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""``simstream demo``: a real simulation process, real consumer processes, and a check.
+
+The synthetic simulation (``python -m producer.demo_simulation``) embeds the producer and runs as
+its own process; ``simstream consume --drain`` persists it with N workers. The demo shows
+progress while it waits, then compares, table by table, the rows the simulation logged with the
+rows in SQL, and exits 0 only if they match and nothing was dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+import redis
+from sqlalchemy import func, select
+
+from common import schema
+from common.connections import create_sink_engine, ensure_schema, redis_client
+from common.embedded_redis import EmbeddedRedis
+from common.errors import ExitCode, RedisUnavailable
+from common.keys import Keys
+from common.settings import DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_URL
+from consumer.inspect import stream_status
+from consumer.progress import ProgressDisplay
+
+_TIMEOUT_S = 900.0
+
+
+@contextlib.contextmanager
+def demo_redis(explicit_url: str | None, embedded: bool = False) -> Iterator[tuple[str, str]]:
+    """The Redis to use: the configured one, else the default if it answers, else an embedded one
+    (always an embedded one if ``embedded``). Yields (url, description).
+    """
+    url = None if embedded else explicit_url or os.environ.get(ENV_REDIS_URL)
+    if url:
+        yield url, "configured"
+        return
+    if not embedded and _answers(DEFAULT_REDIS_URL):
+        yield DEFAULT_REDIS_URL, "found at the default address"
+        return
+    with tempfile.TemporaryDirectory(prefix="simstream-redis-") as data_dir:
+        with EmbeddedRedis(data_dir) as server:
+            yield server.url, f"embedded ({server.binary})"
+
+
+def _answers(url: str) -> bool:
+    try:
+        redis_client(url, socket_timeout_s=1.0).ping()
+        return True
+    except redis.RedisError:
+        return False
+
+
+def _count_rows(engine, simulation_id: str) -> dict[str, int]:
+    counts = {}
+    with engine.connect() as connection:
+        for table in schema.DATA_TABLES:
+            query = select(func.count()).select_from(table).where(table.c.simulation_id == simulation_id)
+            counts[table.name] = connection.execute(query).scalar_one()
+        dead = schema.dead_letters
+        counts["dead_letters"] = connection.execute(
+            select(func.count()).select_from(dead).where(dead.c.simulation_id == simulation_id)).scalar_one()
+    return counts
+
+
+def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: str | None,
+             embedded: bool = False) -> int:
+    """Run the demo end to end; returns the exit code."""
+    simulation_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    namespace = f"simstream-demo-{secrets.token_hex(4)}"  # a private namespace: --drain waits only for us
+    engine = create_sink_engine(db_url)
+    ensure_schema(engine)
+    with demo_redis(redis_url, embedded) as (url, where):
+        client = redis_client(url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}; fix --redis-url") from exc
+        print(f"simstream demo: simulation {simulation_id}, {agents} agents x {steps} steps, "
+              f"{consumers} consumer processes\n  redis: {url} ({where})\n  database: {db_url}", flush=True)
+        env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url}
+        simulation = subprocess.Popen(
+            [sys.executable, "-m", "producer.demo_simulation", "--simulation-id", simulation_id,
+             "--agents", str(agents), "--steps", str(steps)], env=env, stdout=subprocess.PIPE, text=True)
+        keys = Keys(namespace)
+        _wait_registered(client, keys, simulation_id, simulation)
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "consume", "--processes", str(consumers), "--drain",
+             "--log-level", "WARNING"], env=env)
+        try:
+            produced = _watch(client, keys, engine, simulation_id, simulation, consumer)
+        finally:
+            for process in (simulation, consumer):
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait(30)
+    return _verify(engine, simulation_id, produced, consumer.returncode)
+
+
+def _wait_registered(client, keys: Keys, simulation_id: str, simulation: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not client.sismember(keys.registry, simulation_id):
+        if simulation.poll() is not None or time.monotonic() > deadline:
+            raise RedisUnavailable("the demo simulation never reached Redis; see its output above")
+        time.sleep(0.05)
+
+
+def _watch(client, keys: Keys, engine, simulation_id: str, simulation: subprocess.Popen,
+           consumer: subprocess.Popen) -> dict:
+    """Show progress until the simulation and the consumers have both finished."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    with ProgressDisplay("persisted") as progress:
+        while consumer.poll() is None or simulation.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            logged = stream_status(client, keys, DEFAULT_GROUP, simulation_id).logged
+            persisted = sum(_count_rows(engine, simulation_id).values())
+            progress.update(persisted, logged)
+            time.sleep(0.5)
+        produced = json.loads(simulation.stdout.read().strip().splitlines()[-1])
+        progress.update(sum(_count_rows(engine, simulation_id).values()), produced["records"])
+    return produced
+
+
+def _verify(engine, simulation_id: str, produced: dict, consumer_code: int | None) -> int:
+    """Print produced vs persisted per table; 0 only if every table matches."""
+    persisted = _count_rows(engine, simulation_id)
+    expected = {table.name: produced["rows"].get(table.name, 0) for table in schema.DATA_TABLES}
+    expected["dead_letters"] = 0
+    width = max(len(name) for name in expected)
+    print(f"\n{'table':<{width}}  {'produced':>9}  {'persisted':>9}")
+    for name, count in expected.items():
+        mark = "ok" if persisted[name] == count else "MISMATCH"
+        print(f"{name:<{width}}  {count:>9}  {persisted[name]:>9}  {mark}")
+    matches = all(persisted[name] == count for name, count in expected.items())
+    total = sum(expected.values())
+    if matches and consumer_code == 0:
+        print(f"\nok: {total} rows produced and persisted, one for one; consumers drained and exited 0")
+        return ExitCode.OK
+    print(f"\nFAILED: rows differ or consumers exited {consumer_code}", file=sys.stderr)
+    return ExitCode.VERIFICATION_FAILED

@@ -1,0 +1,52 @@
+"""Test-only crash seam: SIGKILL this worker at a named moment of the loop.
+
+Tests pin the dangerous moments deterministically instead of hoping a random kill lands there:
+
+- ``SIMSTREAM_TEST_CRASH=after_read:N``: after the N-th batch is read, before its commit;
+- ``SIMSTREAM_TEST_CRASH=after_commit:N``: after the N-th commit, before its ack (the one window
+  in which a crash leaves rows committed but entries pending: the replay must write nothing new).
+
+``SIMSTREAM_TEST_CRASH_SLOT`` limits the crash to one worker slot, and
+``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is created just before the kill,
+and a worker that finds it does not crash again (so a restarted worker carries on). Unset, every
+call is a dictionary lookup and a return.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+CRASH_ENV = "SIMSTREAM_TEST_CRASH"
+CRASH_SLOT_ENV = "SIMSTREAM_TEST_CRASH_SLOT"
+CRASH_ONCE_FILE_ENV = "SIMSTREAM_TEST_CRASH_ONCE_FILE"
+
+_counts: dict[str, int] = {}
+
+
+def _armed_point(slot: int) -> tuple[str, int] | None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return None
+    only_slot = os.environ.get(CRASH_SLOT_ENV)
+    if only_slot is not None and int(only_slot) != slot:
+        return None
+    once_file = os.environ.get(CRASH_ONCE_FILE_ENV)
+    if once_file and Path(once_file).exists():
+        return None
+    point, _, nth = spec.partition(":")
+    return point, int(nth or 1)
+
+
+def checkpoint(point: str, slot: int) -> None:
+    """SIGKILL the current process if a test armed ``point`` and this is its N-th passage."""
+    armed = _armed_point(slot)
+    if armed is None or armed[0] != point:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    if _counts[point] >= armed[1]:
+        once_file = os.environ.get(CRASH_ONCE_FILE_ENV)
+        if once_file:
+            Path(once_file).touch()
+        os.kill(os.getpid(), signal.SIGKILL)

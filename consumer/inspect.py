@@ -1,0 +1,115 @@
+"""What Redis knows about each simulation stream: length, lag, pending, consumers, completion.
+
+Used by ``simstream status``, by ``consume --drain`` to decide it may exit, and by the demo's
+progress display. Works on Redis 6.2, whose XINFO GROUPS has no ``lag``: it is computed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from common.keys import Keys
+
+_LAG_COUNT_CAP = 1_000_000
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _normalized(info: dict) -> dict[str, Any]:
+    return {_text(key): _text(value) for key, value in info.items()}
+
+
+def _id_tuple(entry_id: str | None) -> tuple[int, int]:
+    if not entry_id:
+        return (0, 0)
+    millis, _, seq = entry_id.partition("-")
+    return (int(millis), int(seq or 0))
+
+
+@dataclass
+class StreamStatus:
+    """One simulation stream as one group sees it."""
+
+    simulation_id: str
+    stream: str
+    exists: bool = False
+    length: int = 0
+    last_generated_id: str | None = None
+    group_exists: bool = False
+    last_delivered_id: str | None = None
+    pending: int = 0
+    lag: int = 0
+    consumers: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = False
+    logged: int = 0
+
+    @property
+    def persisted_all(self) -> bool:
+        """Every entry of the stream was delivered to the group and acknowledged."""
+        return self.group_exists and self.pending == 0 and self.lag == 0
+
+    @property
+    def drained(self) -> bool:
+        """The simulation is complete and every record it sent is persisted."""
+        return self.complete and self.persisted_all
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view, with the derived flags."""
+        return {**asdict(self), "persisted_all": self.persisted_all, "drained": self.drained}
+
+
+def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
+    """Ids of the simulations in the registry, sorted."""
+    return sorted(_text(member) for member in client.smembers(keys.registry))
+
+
+def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: str) -> StreamStatus:
+    """The status of one simulation's stream for ``group``."""
+    status = StreamStatus(simulation_id, keys.stream(simulation_id))
+    meta = _normalized(client.hgetall(keys.meta(simulation_id)))
+    status.complete = meta.get("complete") == "1"
+    status.logged = sum(int(value) for name, value in meta.items() if name.startswith("seq:"))
+    try:
+        info = _normalized(client.xinfo_stream(status.stream))
+    except redis.ResponseError:
+        return status  # no such stream (yet, or any more)
+    status.exists = True
+    status.length = int(info["length"])
+    status.last_generated_id = info["last-generated-id"]
+    for group_info in client.xinfo_groups(status.stream):
+        group_info = _normalized(group_info)
+        if group_info["name"] == group:
+            _fill_group(client, status, group, group_info)
+    return status
+
+
+def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dict[str, Any]) -> None:
+    status.group_exists = True
+    status.pending = int(info["pending"])
+    status.last_delivered_id = info["last-delivered-id"]
+    status.lag = _lag(client, status, info.get("lag"))
+    status.consumers = [
+        {"name": _text(consumer["name"]), "pending": int(consumer["pending"]),
+         "idle_ms": int(consumer["idle"])}
+        for consumer in client.xinfo_consumers(status.stream, group)
+    ]
+
+
+def _lag(client: redis.Redis, status: StreamStatus, reported: Any) -> int:
+    """Entries not yet delivered to the group: Redis 7's ``lag`` if valid, else counted."""
+    if _id_tuple(status.last_delivered_id) >= _id_tuple(status.last_generated_id):
+        return 0
+    if reported is not None:
+        return int(reported)
+    newer = client.xrange(status.stream, min=f"({status.last_delivered_id}", count=_LAG_COUNT_CAP)
+    return len(newer)
+
+
+def all_statuses(client: redis.Redis, keys: Keys, group: str) -> list[StreamStatus]:
+    """The status of every registered simulation's stream."""
+    return [stream_status(client, keys, group, sim) for sim in simulation_ids(client, keys)]

@@ -1,0 +1,163 @@
+"""The SQL sink: a batch of stream entries becomes rows, in one transaction, idempotently.
+
+Every insert ignores a row whose key is already present (the table's primary key, or the
+producer-assigned ``record_key``), so a replayed entry writes nothing new. Lifecycle rows
+(``simulations``) are upserts whose columns commute, so their order does not matter.
+Entries that cannot become rows are written to ``dead_letters`` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sqlalchemy import Engine, func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from common import schema
+from common.codec import decode
+from common.errors import DatabaseUnavailable, RecordError
+from common.records import KINDS, RecordKind
+from consumer.stream_reader import Entry
+
+log = logging.getLogger(__name__)
+
+_INSERTS: dict[str, Callable] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+@dataclass
+class DeadLetter:
+    """An entry that will not become a row, and why."""
+
+    entry_id: bytes
+    raw: bytes | None
+    error: str
+    delivery_count: int | None = None
+
+
+@dataclass
+class WriteResult:
+    """What one committed batch wrote."""
+
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    isolated_by_database: int = 0
+
+
+def idempotent_insert(kind: RecordKind, dialect: str):
+    """The insert statement for ``kind`` that a replay cannot duplicate."""
+    statement = _INSERTS[dialect](kind.table)
+    if not kind.merge_columns:
+        return statement.on_conflict_do_nothing()
+    updates = {name: statement.excluded[name] for name in kind.merge_columns}
+    for name in kind.keep_existing:
+        updates[name] = func.coalesce(kind.table.c[name], statement.excluded[name])
+    keys = [column.name for column in kind.table.primary_key]
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def _is_transient(exc: SQLAlchemyError) -> bool:
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Sink:
+    """Writes decoded entries of one simulation stream to the SQL database at ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._statements = {name: idempotent_insert(kind, self.dialect) for name, kind in KINDS.items()}
+        self._dead_letter_insert = _INSERTS[self.dialect](schema.dead_letters).on_conflict_do_nothing()
+
+    def write(self, stream: str, simulation_id: str, entries: list[Entry],
+              dead_letters: list[DeadLetter] | None = None) -> WriteResult:
+        """Commit the rows of ``entries`` (and dead letters for those that fail) in one transaction.
+
+        Raises DatabaseUnavailable if the database cannot take the transaction now; then nothing
+        was committed and the caller must not acknowledge. A row the database itself rejects is
+        isolated by retrying the batch in halves, and dead-lettered alone.
+        """
+        letters = list(dead_letters or [])
+        kinds_of: list[tuple[str, dict[str, Any], Entry]] = []
+        for entry in entries:
+            try:
+                record = decode(entry.payload)
+                row = record.to_row(simulation_id)
+            except RecordError as exc:
+                letters.append(DeadLetter(entry.entry_id, entry.payload, str(exc)))
+                continue
+            kinds_of.append((record.kind.name, row, entry))
+        try:
+            return self._commit(stream, simulation_id, kinds_of, letters)
+        except _RowRejected:
+            return self._bisect(stream, simulation_id, kinds_of, letters)
+
+    def _commit(self, stream: str, simulation_id: str, rows: list[tuple[str, dict, Entry]],
+                letters: list[DeadLetter]) -> WriteResult:
+        rows_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for kind_name, row, _ in rows:
+            rows_by_kind[kind_name].append(row)
+        result = WriteResult(dead_letters=len(letters))
+        try:
+            with self.engine.begin() as connection:
+                for kind_name, kind_rows in rows_by_kind.items():
+                    connection.execute(self._statements[kind_name], kind_rows)
+                    table = KINDS[kind_name].table.name
+                    result.rows_by_table[table] = result.rows_by_table.get(table, 0) + len(kind_rows)
+                if letters:
+                    connection.execute(self._dead_letter_insert,
+                                       [self._letter_row(stream, simulation_id, letter) for letter in letters])
+        except SQLAlchemyError as exc:
+            if _is_transient(exc):
+                raise DatabaseUnavailable(f"database did not take the batch: {exc.orig or exc}") from exc
+            raise _RowRejected(str(getattr(exc, "orig", None) or exc)) from exc
+        return result
+
+    def _bisect(self, stream: str, simulation_id: str, rows: list[tuple[str, dict, Entry]],
+                letters: list[DeadLetter]) -> WriteResult:
+        """Commit ``rows`` in halves until each rejected row stands alone, then dead-letter it.
+
+        Several transactions instead of one; safe because nothing is acknowledged until all of
+        them have committed, and a replay of any of them writes nothing new.
+        """
+        total = self._commit(stream, simulation_id, [], letters) if letters else WriteResult()
+        pending = [rows]
+        while pending:
+            part = pending.pop()
+            try:
+                _merge(total, self._commit(stream, simulation_id, part, []))
+            except _RowRejected as rejection:
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]
+                    continue
+                entry = part[0][2]
+                letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}")
+                result = self._commit(stream, simulation_id, [], [letter])
+                result.isolated_by_database = 1
+                _merge(total, result)
+        log.warning("sink.rows_isolated stream=%s rejected=%d", stream, total.isolated_by_database)
+        return total
+
+    def _letter_row(self, stream: str, simulation_id: str, letter: DeadLetter) -> dict[str, Any]:
+        entry_id = letter.entry_id.decode() if isinstance(letter.entry_id, bytes) else letter.entry_id
+        return {"stream": stream, "entry_id": entry_id, "simulation_id": simulation_id,
+                "raw": letter.raw, "error": letter.error[:2000],
+                "delivery_count": letter.delivery_count, "created_at": time.time()}
+
+
+class _RowRejected(Exception):
+    """The database refused a row of the batch for a reason retrying cannot fix."""
+
+
+def _merge(total: WriteResult, part: WriteResult) -> None:
+    for table, count in part.rows_by_table.items():
+        total.rows_by_table[table] = total.rows_by_table.get(table, 0) + count
+    total.dead_letters += part.dead_letters
+    total.isolated_by_database += part.isolated_by_database

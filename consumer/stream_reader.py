@@ -1,0 +1,149 @@
+"""The consumer's Redis side: group bootstrap, reads, claims and acks for one consumer name.
+
+Replies of XREADGROUP and XAUTOCLAIM are parsed here from the raw protocol, because they differ
+by server version and the library's parsers drop what we need: Redis 6.2 answers a claimed entry
+whose payload was trimmed away with a bare nil (its id is lost), Redis 7 lists such ids in a third
+element and removes them from the pending list. Own pending entries read with id ``0`` that were
+trimmed come back as ``[id, nil]`` on both. Every such entry is surfaced, never skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import redis
+
+from common.codec import entry_payload
+from common.errors import GroupMissing, RedisUnavailable
+
+_RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stream entry as delivered: its id and payload (None if the payload was trimmed)."""
+
+    entry_id: bytes
+    payload: bytes | None
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One XAUTOCLAIM step: entries now ours, ids Redis dropped, whether more may be unseen."""
+
+    cursor: bytes
+    entries: list[Entry]
+    gone_ids: list[bytes]
+    unnamed_gone: bool
+
+    @property
+    def pass_complete(self) -> bool:
+        """True when the cursor wrapped: every pending entry has been looked at once."""
+        return self.cursor in (b"0-0", "0-0")
+
+
+def _pairs(reply: Any) -> Iterable[tuple[Any, Any]]:
+    """(key, value) pairs from a RESP2 array of pairs or a RESP3 map."""
+    return reply.items() if isinstance(reply, dict) else reply
+
+
+def _entries(raw_entries: Iterable[Any]) -> tuple[list[Entry], bool]:
+    """Entries from ``[[id, [field, value, ...]] | [id, nil] | nil, ...]``; flags bare nils."""
+    entries, saw_bare_nil = [], False
+    for raw in raw_entries:
+        if raw is None:
+            saw_bare_nil = True
+            continue
+        entry_id, fields = raw[0], raw[1]
+        payload = entry_payload(dict(zip(fields[::2], fields[1::2]))) if fields is not None else None
+        entries.append(Entry(entry_id, payload))
+    return entries, saw_bare_nil
+
+
+def translate(exc: redis.RedisError, what: str) -> Exception:
+    """The simstream error for a redis-py failure during ``what``."""
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP"):
+        return GroupMissing(f"{what}: the consumer group or its stream is gone ({exc})")
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+        return RedisUnavailable(f"{what}: {exc}")
+    return exc
+
+
+class StreamReader:
+    """Reads and acknowledges entries of simulation streams as one named group consumer."""
+
+    def __init__(self, client: redis.Redis, group: str, consumer: str) -> None:
+        self.client = client
+        self.group = group
+        self.consumer = consumer
+        for command in _RAW_COMMANDS:
+            client.set_response_callback(command, lambda response, **_: response)
+
+    def ensure_group(self, stream: str) -> None:
+        """Create the group at the start of ``stream`` (creating the stream if missing).
+
+        Swallows exactly one error, BUSYGROUP: the group already exists.
+        """
+        try:
+            self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+        except redis.RedisError as exc:
+            raise translate(exc, f"creating group {self.group} on {stream}") from exc
+
+    def read_new(self, streams: list[str], count: int, block_ms: int) -> dict[str, list[Entry]]:
+        """Up to ``count`` never-delivered entries per stream, waiting at most ``block_ms``."""
+        if not streams:
+            return {}
+        reply = self._read(streams, [">"] * len(streams), count, block_ms)
+        return {stream: entries for stream, entries in reply.items() if entries}
+
+    def read_own_pending(self, stream: str, after_id: bytes | str, count: int) -> list[Entry]:
+        """Entries delivered to this consumer and not acknowledged, after ``after_id``."""
+        return self._read([stream], [after_id], count, None).get(stream, [])
+
+    def _read(self, streams: list[str], ids: list[Any], count: int,
+              block_ms: int | None) -> dict[str, list[Entry]]:
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        try:
+            reply = self.client.execute_command(*args, "STREAMS", *streams, *ids)
+        except redis.RedisError as exc:
+            raise translate(exc, "reading") from exc
+        result: dict[str, list[Entry]] = {}
+        for stream, raw_entries in _pairs(reply or []):
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            result[name], _ = _entries(raw_entries or [])
+        return result
+
+    def claim_stale(self, stream: str, min_idle_ms: int, cursor: bytes | str, count: int) -> ClaimResult:
+        """XAUTOCLAIM entries idle for ``min_idle_ms`` from any consumer of the group."""
+        try:
+            reply = self.client.execute_command("XAUTOCLAIM", stream, self.group, self.consumer,
+                                                min_idle_ms, cursor, "COUNT", count)
+        except redis.RedisError as exc:
+            raise translate(exc, f"claiming on {stream}") from exc
+        entries, unnamed_gone = _entries(reply[1])
+        gone_ids = list(reply[2]) if len(reply) > 2 else []
+        return ClaimResult(reply[0], entries, gone_ids, unnamed_gone)
+
+    def ack(self, stream: str, entry_ids: list[bytes]) -> None:
+        """Acknowledge entries once their rows are committed."""
+        if not entry_ids:
+            return
+        try:
+            self.client.xack(stream, self.group, *entry_ids)
+        except redis.RedisError as exc:
+            raise translate(exc, f"acknowledging on {stream}") from exc
+
+    def delivery_counts(self, stream: str, first: bytes, last: bytes, count: int) -> dict[bytes, int]:
+        """Redis's own delivery counter of this consumer's pending entries in [first, last]."""
+        try:
+            rows = self.client.xpending_range(stream, self.group, first, last, count,
+                                              consumername=self.consumer)
+        except redis.RedisError as exc:
+            raise translate(exc, f"reading delivery counts on {stream}") from exc
+        return {row["message_id"]: row["times_delivered"] for row in rows}

@@ -1,0 +1,284 @@
+"""A consumer process: read a batch, commit it to SQL, then acknowledge it. Nothing else acks.
+
+The loop reads as its steps: discover streams, replay own pending entries, reclaim stale ones
+from dead consumers, read new entries, persist, ack. The only unsafe window is between commit and
+ack; a crash there replays the batch, and the idempotent inserts write nothing new.
+SIGTERM/SIGINT set a flag: the batch in hand is committed and acknowledged, then the worker exits
+0. A second signal exits at once (the entries in hand stay pending and are replayed later).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from common.connections import create_sink_engine, ensure_schema, redis_client
+from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
+from common.keys import Keys
+from common.settings import ConsumerSettings
+from consumer import faults
+from consumer.inspect import simulation_ids, stream_status
+from consumer.sink import DeadLetter, Sink
+from consumer.stream_reader import Entry, StreamReader
+
+log = logging.getLogger(__name__)
+
+_DB_RETRY_S = 30.0
+_TRANSIENT_PAUSE_MAX_S = 5.0
+
+
+def consumer_name(slot: int) -> str:
+    """Stable name for a worker slot on this host: a restarted worker finds its own pending."""
+    return f"{socket.gethostname()}-{slot}"
+
+
+@dataclass
+class _StreamState:
+    stream: str
+    simulation_id: str
+    replay_after: bytes | None = b"0"  # not None: own pending entries still to replay from here
+    claim_cursor: bytes = b"0-0"
+
+
+@dataclass
+class WorkerStats:
+    """Counters for the shutdown summary line."""
+
+    persisted: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    retried: int = 0
+    batches: int = 0
+
+
+class Worker:
+    """One consumer of the group; see the module docstring for the guarantees."""
+
+    def __init__(self, settings: ConsumerSettings, slot: int = 0, name: str | None = None,
+                 parent_pid: int | None = None) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.name = name or consumer_name(slot)
+        self.keys = Keys(settings.namespace)
+        self.stats = WorkerStats()
+        self._parent_pid = parent_pid
+        self._stop = threading.Event()
+        self._streams: dict[str, _StreamState] = {}
+        self._next_discovery = self._next_claim = self._next_drain_check = 0.0
+        self._transient_failures = 0
+        self.client: redis.Redis | None = None
+        self.reader: StreamReader | None = None
+        self.sink: Sink | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Finish the batch in hand, then exit the loop."""
+        if not self._stop.is_set():
+            log.info("worker.stopping consumer=%s reason=%s", self.name, reason)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Run until stopped (or drained); returns the process exit code."""
+        self._install_signal_handlers()
+        try:
+            self._connect()
+            log.info("worker.started consumer=%s group=%s pid=%d", self.name, self.settings.group, os.getpid())
+            while not self._stop.is_set():
+                self._run_step()
+            return ExitCode.OK
+        except SimstreamError as exc:
+            log.error("worker.failed consumer=%s error=%s", self.name, exc)
+            return exc.exit_code
+        finally:
+            self._teardown()
+
+    def _run_step(self) -> None:
+        try:
+            self._tick()
+            self._transient_failures = 0
+        except TransientError as exc:
+            self._recover_from(exc)
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            self.request_stop("supervisor gone")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            self.discover_streams()
+        self.replay_own_pending()
+        if now >= self._next_claim:
+            self.reclaim_stale()
+        for stream, entries in self.read_batch().items():
+            self.persist_and_ack(self._streams[stream], entries)
+        if self.settings.drain and now >= self._next_drain_check:
+            self._next_drain_check = now + 0.25
+            if self.drained():
+                self.request_stop("drained")
+
+    def _connect(self) -> None:
+        self.client = redis_client(self.settings.redis_url)
+        self.reader = StreamReader(self.client, self.settings.group, self.name)
+        engine = create_sink_engine(self.settings.db_url)
+        ensure_schema(engine)
+        self.sink = Sink(engine)
+
+    def _teardown(self) -> None:
+        if self.sink is not None:
+            self.sink.engine.dispose()
+        if self.client is not None:
+            self.client.close()
+        s = self.stats
+        log.info("worker.summary consumer=%s persisted=%d dead_lettered=%d claimed=%d retried=%d batches=%d",
+                 self.name, s.persisted, s.dead_lettered, s.claimed, s.retried, s.batches)
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum, _frame) -> None:
+            if self._stop.is_set():
+                os._exit(ExitCode.INTERRUPTED)  # second signal: leave now, entries stay pending
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _recover_from(self, exc: TransientError) -> None:
+        """After a transient failure: back off, then replay own pending entries on every stream."""
+        self.stats.retried += 1
+        self._transient_failures += 1
+        pause_s = min(_TRANSIENT_PAUSE_MAX_S, 0.1 * 2 ** min(self._transient_failures, 6))
+        log.warning("worker.transient_error consumer=%s error=%s retry_in_s=%.1f", self.name, exc, pause_s)
+        for state in self._streams.values():
+            state.replay_after = b"0"
+        if isinstance(exc, GroupMissing):
+            self._next_discovery = 0.0  # re-create groups before reading again
+            self._streams.clear()
+        self._stop.wait(pause_s)
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def discover_streams(self) -> None:
+        """Track every registered simulation's stream; ensure the group exists on new ones."""
+        self._next_discovery = time.monotonic() + self.settings.discover_interval_ms / 1000
+        try:
+            registered = simulation_ids(self.client, self.keys)
+        except redis.RedisError as exc:
+            raise TransientError(f"reading the simulation registry: {exc}") from exc
+        for simulation_id in registered:
+            stream = self.keys.stream(simulation_id)
+            if stream not in self._streams:
+                self.reader.ensure_group(stream)
+                self._streams[stream] = _StreamState(stream, simulation_id)
+                log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
+        for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
+            del self._streams[stream]
+
+    def replay_own_pending(self) -> None:
+        """Re-process entries this consumer name was given but never acknowledged (id 0 first)."""
+        for state in list(self._streams.values()):
+            while state.replay_after is not None and not self._stop.is_set():
+                entries = self.reader.read_own_pending(state.stream, state.replay_after, self.settings.batch_size)
+                if not entries:
+                    state.replay_after = None
+                    break
+                self.persist_and_ack(state, entries, check_deliveries=True)
+                state.replay_after = entries[-1].entry_id
+
+    def reclaim_stale(self) -> None:
+        """XAUTOCLAIM entries other consumers have held longer than ``claim_idle_ms``."""
+        self._next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+        for state in list(self._streams.values()):
+            if state.replay_after is not None:
+                continue
+            claim = self.reader.claim_stale(state.stream, self.settings.claim_idle_ms,
+                                            state.claim_cursor, self.settings.batch_size)
+            state.claim_cursor = b"0-0" if claim.pass_complete else claim.cursor
+            if not claim.pass_complete:
+                self._next_claim = 0.0  # more to look at: continue the pass on the next tick
+            gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
+                    for entry_id in claim.gone_ids]
+            if claim.entries or gone:
+                self.stats.claimed += len(claim.entries)
+                log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
+                         self.name, state.stream, len(claim.entries), len(gone))
+                self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
+            if claim.unnamed_gone:
+                state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
+
+    def read_batch(self) -> dict[str, list[Entry]]:
+        """New entries from every tracked stream, waiting up to ``block_ms`` for some."""
+        ready = [stream for stream, state in self._streams.items() if state.replay_after is None]
+        if not ready:
+            self._stop.wait(min(self.settings.block_ms, 200) / 1000)
+            return {}
+        return self.reader.read_new(ready, self.settings.batch_size, self.settings.block_ms)
+
+    def persist_and_ack(self, state: _StreamState, entries: list[Entry],
+                        dead_letters: list[DeadLetter] | None = None, check_deliveries: bool = False) -> None:
+        """Commit the entries' rows (and dead letters) in one transaction, then XACK them."""
+        letters = list(dead_letters or [])
+        if check_deliveries and entries:
+            entries, overdelivered = self._split_overdelivered(state.stream, entries)
+            letters += overdelivered
+        faults.checkpoint("after_read", self.slot)
+        result = self._write(state, entries, letters)
+        faults.checkpoint("after_commit", self.slot)
+        self.reader.ack(state.stream, [entry.entry_id for entry in entries] + [l.entry_id for l in letters])
+        self.stats.batches += 1
+        self.stats.persisted += sum(result.rows_by_table.values())
+        self.stats.dead_lettered += result.dead_letters
+        if result.dead_letters:
+            log.warning("worker.dead_lettered consumer=%s stream=%s count=%d",
+                        self.name, state.stream, result.dead_letters)
+
+    def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
+        retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
+                            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                            stop=stop_after_delay(_DB_RETRY_S), before_sleep=self._count_retry)
+        return retrying(self.sink.write, state.stream, state.simulation_id, entries, letters)
+
+    def _count_retry(self, retry_state) -> None:
+        self.stats.retried += 1
+        log.warning("worker.db_retry consumer=%s error=%s", self.name, retry_state.outcome.exception())
+
+    def _split_overdelivered(self, stream: str, entries: list[Entry]) -> tuple[list[Entry], list[DeadLetter]]:
+        """Entries Redis has delivered more than ``max_deliveries`` times become dead letters."""
+        counts = self.reader.delivery_counts(stream, entries[0].entry_id, entries[-1].entry_id, len(entries))
+        keep, letters = [], []
+        for entry in entries:
+            delivered = counts.get(entry.entry_id, 1)
+            if delivered > self.settings.max_deliveries:
+                letters.append(DeadLetter(entry.entry_id, entry.payload,
+                                          f"delivered {delivered} times (limit {self.settings.max_deliveries})",
+                                          delivered))
+            else:
+                keep.append(entry)
+        return keep, letters
+
+    def drained(self) -> bool:
+        """True when every registered simulation is complete and fully persisted."""
+        try:
+            registered = simulation_ids(self.client, self.keys)
+            return all(stream_status(self.client, self.keys, self.settings.group, sim).drained
+                       for sim in registered)
+        except redis.RedisError as exc:
+            raise TransientError(f"checking whether all simulations are persisted: {exc}") from exc
+
+
+def run_worker(settings: ConsumerSettings, slot: int, parent_pid: int | None = None,
+               log_level: str = "INFO", log_json: bool = False) -> None:
+    """Process entry point used by the supervisor; exits with the worker's exit code."""
+    from consumer.logs import configure_logging
+
+    configure_logging(log_level, log_json)
+    raise SystemExit(int(Worker(settings, slot, parent_pid=parent_pid).run()))

@@ -1,0 +1,161 @@
+"""RedisBufferedDataLogger: the reference simulation's logger methods, streaming to Redis.
+
+Same method names, argument names and defaults as the reference ``DataLogger``; each call becomes
+one or more :class:`StreamProducer` records, so the simulation pays microseconds per row instead
+of an ORM flush.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from producer.stream_producer import FlushReport, StreamProducer
+
+_AGENT_STATE_COLUMNS = ("agent_id", "position_x", "position_y", "resource_level", "current_health",
+                        "starting_health", "starvation_counter", "is_defending", "total_reward", "age")
+_RESOURCE_STATE_COLUMNS = ("resource_id", "amount", "position_x", "position_y")
+_AGENT_KEYS = ("agent_id", "birth_time", "agent_type", "position", "initial_resources",
+               "starting_health")
+
+
+def _check_step(step_number: int) -> None:
+    if step_number < 0:
+        raise ValueError("step_number must be non-negative")
+
+
+class RedisBufferedDataLogger:
+    """A drop-in for the reference ``DataLogger`` that writes through Redis Streams.
+
+    Validation matches the reference (a negative step number is a ValueError). Buffering and
+    flushing are the producer's: ``flush_all_buffers()`` waits until everything is in Redis,
+    ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes continuously).
+    """
+
+    def __init__(self, simulation_id: str, redis_url: str | None = None, *,
+                 producer: StreamProducer | None = None, **producer_options: Any) -> None:
+        self.simulation_id = simulation_id
+        self.producer = producer or StreamProducer(simulation_id, redis_url, **producer_options)
+
+    def log_agent_action(self, step_number: int, agent_id: str, action_type: str,
+                         action_target_id: str | None = None, reward: float | None = None,
+                         details: dict | None = None, module_type: str | None = None,
+                         module_id: str | None = None, action_taken: int | None = None,
+                         action_taken_mapped: str | None = None) -> None:
+        """One ``agent_actions`` row; ``action_taken(_mapped)`` are merged into ``details``."""
+        _check_step(step_number)
+        if action_taken is not None or action_taken_mapped is not None:
+            details = dict(details or {})
+            if action_taken is not None:
+                details["action_taken"] = action_taken
+            if action_taken_mapped is not None:
+                details["action_taken_mapped"] = action_taken_mapped
+        self.producer.log("agent_action", step_number=step_number, agent_id=agent_id,
+                          action_type=action_type if isinstance(action_type, str) else str(action_type),
+                          action_target_id=action_target_id, reward=reward, details=details or None,
+                          module_type=module_type, module_id=module_id)
+
+    def log_health_incident(self, step_number: int, agent_id: str, health_before: float,
+                            health_after: float, cause: str, details: dict | None = None) -> None:
+        """One ``health_incidents`` row."""
+        _check_step(step_number)
+        self.producer.log("health_incident", step_number=step_number, agent_id=agent_id,
+                          health_before=health_before, health_after=health_after, cause=cause,
+                          details=details or None)
+
+    def log_agent(self, agent_id: str, birth_time: int, agent_type: str,
+                  position: Sequence[float], initial_resources: float, starting_health: float,
+                  genome_id: str | None = None, generation: int = 0,
+                  action_weights: dict | None = None) -> None:
+        """One ``agents`` row."""
+        self.producer.log("agent", agent_id=agent_id, birth_time=birth_time, agent_type=agent_type,
+                          position_x=position[0], position_y=position[1],
+                          initial_resources=initial_resources, starting_health=starting_health,
+                          genome_id=genome_id, generation=generation,
+                          action_weights=_weights(action_weights))
+
+    def log_agents_batch(self, agent_data_list: Iterable[Mapping[str, Any]]) -> None:
+        """Several ``agents`` rows; each dict has ``log_agent``'s keys (``simulation_id`` ignored)."""
+        for data in agent_data_list:
+            missing = [key for key in _AGENT_KEYS if key not in data]
+            if missing:
+                raise ValueError(f"Missing required field '{missing[0]}' in agent data")
+            self.log_agent(data["agent_id"], data["birth_time"], data["agent_type"],
+                           data["position"], data["initial_resources"], data["starting_health"],
+                           genome_id=data.get("genome_id"), generation=data.get("generation", 0),
+                           action_weights=data.get("action_weights"))
+
+    def log_step(self, step_number: int, agent_states: Iterable[Sequence[Any]],
+                 resource_states: Iterable[Sequence[Any]], metrics: Mapping[str, Any]) -> None:
+        """One ``agent_states`` row per state tuple, one ``resource_states`` row per resource
+        tuple and one ``simulation_steps`` row with ``metrics``."""
+        _check_step(step_number)
+        log = self.producer.log
+        for state in agent_states:
+            log("agent_state", step_number=step_number, **_columns(_AGENT_STATE_COLUMNS, state))
+        for resource in resource_states:
+            log("resource_state", step_number=step_number, **_columns(_RESOURCE_STATE_COLUMNS, resource))
+        log("simulation_step", step_number=step_number, **metrics)
+
+    def log_resource(self, resource_id: int, initial_amount: float, position: Sequence[float]) -> None:
+        """A resource's initial state: a ``resource_states`` row at step 0."""
+        self.producer.log("resource_state", step_number=0, resource_id=resource_id,
+                          amount=initial_amount, position_x=position[0], position_y=position[1])
+
+    def log_interaction_edge(self, step_number: int, source_type: str, source_id: str,
+                             target_type: str, target_id: str, interaction_type: str,
+                             action_type: str | None = None, details: dict | None = None) -> None:
+        """One ``interactions`` row."""
+        _check_step(step_number)
+        self.producer.log("interaction", step_number=step_number, source_type=source_type,
+                          source_id=source_id, target_type=target_type, target_id=target_id,
+                          interaction_type=interaction_type, action_type=action_type,
+                          details=details)
+
+    def log_reproduction_event(self, step_number: int, parent_id: str, offspring_id: str | None,
+                               success: bool, parent_resources_before: float,
+                               parent_resources_after: float,
+                               offspring_initial_resources: float | None,
+                               failure_reason: str | None, parent_generation: int,
+                               offspring_generation: int | None,
+                               parent_position: Sequence[float]) -> None:
+        """One ``reproduction_events`` row."""
+        _check_step(step_number)
+        self.producer.log("reproduction_event", step_number=step_number, parent_id=parent_id,
+                          offspring_id=offspring_id, success=success,
+                          parent_resources_before=parent_resources_before,
+                          parent_resources_after=parent_resources_after,
+                          offspring_initial_resources=offspring_initial_resources,
+                          failure_reason=failure_reason, parent_generation=parent_generation,
+                          offspring_generation=offspring_generation,
+                          parent_position_x=parent_position[0], parent_position_y=parent_position[1])
+
+    def flush_all_buffers(self) -> FlushReport:
+        """Wait until everything logged so far is in Redis (bounded by ``close_timeout_s``)."""
+        return self.producer.flush()
+
+    def flush_if_needed(self) -> None:
+        """Kept for the reference protocol: the sender thread already flushes continuously."""
+
+    def close(self, timeout_s: float | None = None) -> FlushReport:
+        """Send everything and mark the simulation complete."""
+        return self.producer.close(timeout_s)
+
+    def __enter__(self) -> RedisBufferedDataLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.producer.__exit__(*exc_info)
+
+
+def _weights(action_weights: Mapping[Any, Any] | None) -> dict[str, float] | None:
+    """Action weights as the reference stores them: string keys, float values."""
+    if action_weights is None:
+        return None
+    return {str(key): float(value) for key, value in action_weights.items()}
+
+
+def _columns(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
+    """A state tuple as named columns; ValueError if its length is not the reference layout's."""
+    if len(values) != len(names):
+        raise ValueError(f"expected a tuple of {len(names)} values {names}, got {len(values)}")
+    return dict(zip(names, values))

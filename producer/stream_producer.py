@@ -1,0 +1,155 @@
+"""StreamProducer: the simulation-side entry point, ``log(kind, **fields)`` in microseconds.
+
+``log()`` checks the kind and field names, numbers the record and appends it to an in-memory
+deque; nothing else happens on the simulation thread. A :class:`~producer.sender.BatchSender`
+thread encodes and XADDs in pipelined batches. The simulation must not mutate a value it has
+passed to ``log()`` (a dict, a list) afterwards: it is encoded later, on the sender thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from common.keys import Keys, validate_simulation_id
+from common.records import KINDS, kind_named
+from common.settings import ProducerSettings
+from producer.sender import BatchSender, BufferedRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    """Where the producer's records are after ``flush()`` or ``close()``.
+
+    ``in_redis``: records Redis has accepted. ``waiting``: records still in the producer when the
+    timeout ran out (the sender keeps trying while the process lives). ``complete``: the
+    simulation was marked complete in Redis (``close()`` only).
+    """
+
+    logged: int
+    in_redis: int
+    waiting: int
+    complete: bool = False
+
+    @property
+    def all_in_redis(self) -> bool:
+        """True when every logged record is in the stream."""
+        return self.waiting == 0
+
+
+class StreamProducer:
+    """Buffers a simulation's records and streams them to Redis from a background thread.
+
+    Guarantees: ``log()`` never waits for the network and never raises because Redis is slow or
+    down (only for a programming error: unknown kind or field names); every record keeps a key
+    (producer id, sequence number) so a copy sent twice is written once; ``close()`` sends
+    everything, then marks the simulation complete so consumers can finish it.
+    """
+
+    def __init__(self, simulation_id: str, redis_url: str | None = None, *,
+                 settings: ProducerSettings | None = None, experiment_id: str | None = None,
+                 parameters: dict[str, Any] | None = None, **setting_overrides: Any) -> None:
+        self.simulation_id = validate_simulation_id(simulation_id)
+        self.settings = settings or ProducerSettings.from_env(redis_url=redis_url, **setting_overrides)
+        self.producer_id = secrets.token_hex(8)
+        self.keys = Keys(self.settings.namespace)
+        self._buffer: deque[BufferedRecord] = deque()
+        self._next_seq = itertools.count(1).__next__
+        self._last_seq = 0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._sender = BatchSender(self.simulation_id, self.producer_id, self._buffer,
+                                   self.settings, self.keys)
+        self._sender.start()
+        atexit.register(_flush_at_exit, weakref.ref(self))
+        self.log("simulation", start_time=time.time(), status="running",
+                 experiment_id=experiment_id, parameters=parameters)
+
+    def log(self, kind: str, /, **fields: Any) -> None:
+        """Queue one record of ``kind`` for the stream; returns in microseconds.
+
+        Raises ValueError for an unknown kind or field name, RuntimeError after ``close()``.
+        """
+        spec = KINDS.get(kind) or kind_named(kind)
+        spec.check_names(fields)
+        if self._closed:
+            raise RuntimeError(f"producer for {self.simulation_id!r} is closed")
+        seq = self._next_seq()
+        self._buffer.append((kind, seq, fields))
+        self._last_seq = seq
+        if len(self._buffer) >= self.settings.batch_size:
+            self._sender.wake.set()
+
+    def flush(self, timeout_s: float | None = None) -> FlushReport:
+        """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""
+        target = self._last_seq
+        self._sender.wake.set()
+        self._wait_sent(target, timeout_s if timeout_s is not None else self.settings.close_timeout_s)
+        return self._report(target)
+
+    def close(self, timeout_s: float | None = None) -> FlushReport:
+        """Log the simulation's end, send everything, mark it complete; idempotent.
+
+        Returns within ``timeout_s`` (default ``close_timeout_s``); the report says whether all
+        records reached Redis. After a timeout the sender keeps trying while the process lives.
+        """
+        with self._close_lock:
+            if not self._closed:
+                self.log("simulation_end", end_time=time.time(), status="completed")
+                self._closed = True
+                self._sender.stop(mark_complete=True)
+        deadline_s = timeout_s if timeout_s is not None else self.settings.close_timeout_s
+        self._sender.join(deadline_s)
+        return self._report(self._last_seq)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts so far: records logged and sent, per kind, and failed send attempts."""
+        sender = self._sender.stats
+        return {
+            "logged": self._last_seq,
+            "sent": sender.sent,
+            "sent_by_kind": dict(sender.sent_by_kind),
+            "batches": sender.batches,
+            "failed_attempts": sender.failed_attempts,
+            "last_error": sender.last_error,
+        }
+
+    def _wait_sent(self, target: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._sender.progress:
+            while self._sender.sent_seq < target and self._sender.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._sender.progress.wait(min(remaining, 0.5))
+
+    def _report(self, target: int) -> FlushReport:
+        in_redis = min(self._sender.sent_seq, target)
+        return FlushReport(logged=target, in_redis=in_redis, waiting=target - in_redis,
+                           complete=self._sender.completed)
+
+    def __enter__(self) -> StreamProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        report = self.close()
+        if not report.all_in_redis:
+            log.warning("producer.close_incomplete simulation=%s waiting=%d",
+                        self.simulation_id, report.waiting)
+
+
+def _flush_at_exit(producer_ref: weakref.ref) -> None:
+    """At interpreter exit, send what a producer still holds (it is not marked complete)."""
+    producer = producer_ref()
+    if producer is not None and not producer._closed:
+        producer.flush(timeout_s=producer.settings.close_timeout_s)
