@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_MAX_S = 10.0
 _STOP_GRACE_S = 60.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class Supervisor:
@@ -55,7 +56,13 @@ class Supervisor:
         process = self._context.Process(
             target=run_worker, name=f"simstream-worker-{slot}",
             args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
-        process.start()
+        # The child inherits this mask across exec and unblocks once its handler is installed,
+        # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self._workers[slot] = process
         log.info("supervisor.worker_started slot=%d pid=%d", slot, process.pid)
 

@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 
 import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from common.connections import create_sink_engine, ensure_schema, redis_client
 from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
 from common.keys import Keys
+from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
 from consumer import faults
 from consumer.inspect import simulation_ids, stream_status
@@ -151,6 +152,8 @@ class Worker:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # The supervisor starts workers with these blocked; a signal that came early fires now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def _recover_from(self, exc: TransientError) -> None:
         """After a transient failure: back off, then replay own pending entries on every stream."""
@@ -243,7 +246,7 @@ class Worker:
 
     def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
         retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
-                            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                            wait=jittered_backoff(),
                             stop=stop_after_delay(_DB_RETRY_S), before_sleep=self._count_retry)
         return retrying(self.sink.write, state.stream, state.simulation_id, entries, letters)
 

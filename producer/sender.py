@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from common.codec import ENTRY_FIELD, make_encoder
+from common.retry import jittered_backoff
 from common.connections import redis_client
 from common.keys import Keys
 from common.settings import ProducerSettings
@@ -132,7 +133,7 @@ class BatchSender(threading.Thread):
         while True:
             try:
                 for attempt in Retrying(retry=retry_if_exception_type(redis.RedisError),
-                                        wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                                        wait=jittered_backoff(),
                                         stop=stop_after_attempt(8), reraise=True,
                                         before_sleep=self._note_failure):
                     with attempt:

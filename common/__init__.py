@@ -1,0 +1,14 @@
+"""Shared by producer and consumer: settings, record kinds, codec, keys, schema, connections."""
+
+from common.codec import FORMAT_VERSION, Record, decode, make_encoder
+from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, GroupMissing, PermanentError,
+                           RecordError, RedisUnavailable, SimstreamError, TransientError)
+from common.keys import Keys
+from common.records import KINDS, RecordKind
+from common.settings import ConsumerSettings, ProducerSettings
+
+__all__ = [
+    "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
+    "GroupMissing", "Keys", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
+    "RedisUnavailable", "SimstreamError", "TransientError", "decode", "make_encoder",
+]

@@ -1,0 +1,137 @@
+"""Shared fixtures: throwaway Redis servers (6.2 bundled, 7.x from PATH), SQLite files, the CLI.
+
+Every Redis test runs once per available server version. Servers listen on free ports of
+127.0.0.1 and are killed at teardown; a test may kill and restart its server on the same AOF.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine
+
+from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
+
+
+def _redis_binaries() -> list[tuple[str, str]]:
+    found = []
+    bundled = bundled_binary()
+    if bundled:
+        found.append((f"redis{'.'.join(map(str, server_version(bundled)[:2]))}", bundled))
+    on_path = shutil.which("redis-server")
+    if on_path and server_version(on_path)[0] >= 7:
+        found.append((f"redis{'.'.join(map(str, server_version(on_path)[:2]))}", on_path))
+    return found
+
+
+REDIS_BINARIES = _redis_binaries()
+
+
+class RedisServer:
+    """A test's own redis-server on 127.0.0.1:port, which the test may kill and restart."""
+
+    def __init__(self, binary: str, data_dir: Path, appendonly: bool = True) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.server = EmbeddedRedis(data_dir, port=self.port, binary=binary, appendonly=appendonly)
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final AOF rewrite."""
+        self.server.kill()
+
+    def restart(self) -> None:
+        """Start again at the same address on the same data folder."""
+        self.server = EmbeddedRedis(self.data_dir, port=self.port, binary=self.binary, appendonly=self.appendonly)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.kill()
+
+
+@pytest.fixture(params=[binary for _, binary in REDIS_BINARIES], ids=[label for label, _ in REDIS_BINARIES])
+def redis_binary(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def redis_server(redis_binary, tmp_path) -> RedisServer:
+    server = RedisServer(redis_binary, tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'sink.db'}"
+
+
+@pytest.fixture
+def sink_engine(sqlite_url):
+    engine = create_engine(sqlite_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def simulation_id() -> str:
+    return f"sim-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:6]}"
+
+
+class Cli:
+    """Runs ``simstream`` subcommands as real processes with a test's environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.started: list[subprocess.Popen] = []
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "consumer", *args]
+
+    def run(self, *args: str, timeout: float = 120, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*args), env={**self.env, **(extra_env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self, *args: str, extra_env: dict | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(self.command(*args), env={**self.env, **(extra_env or {})},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.started.append(process)
+        return process
+
+    def cleanup(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def cli(redis_server, sqlite_url, namespace):
+    env = {**os.environ, "SIMSTREAM_REDIS_URL": redis_server.url, "SIMSTREAM_DB_URL": sqlite_url,
+           "SIMSTREAM_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
+    for name in [n for n in env if n.startswith("SIMSTREAM_TEST_")]:
+        del env[name]
+    runner = Cli(env)
+    yield runner
+    runner.cleanup()

@@ -1,0 +1,103 @@
+"""Test helpers: a workload that remembers every row it produced, and row-by-row comparison."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from common import schema
+from producer import RedisBufferedDataLogger
+
+ACTIONS = ("move", "gather", "attack")
+
+
+def wait_for(condition, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def produce_workload(logger: RedisBufferedDataLogger, steps: int, agents: int, resources: int = 5,
+                     first_step: int = 1) -> dict[str, Counter]:
+    """Log a deterministic run; return the identity of every row it should create, per table.
+
+    Identities are tuples that are unique per row, so comparing Counters finds a lost row and a
+    doubled one alike.
+    """
+    sim = logger.simulation_id
+    expected: dict[str, Counter] = {name: Counter() for name in
+                                    ("agents", "agent_states", "agent_actions", "resource_states",
+                                     "simulation_steps")}
+    if first_step == 1:
+        for a in range(agents):
+            logger.log_agent(f"a{a}", 0, "system", (float(a), 0.0), 5.0, 10.0)
+            expected["agents"][(f"a{a}",)] += 1
+    for step in range(first_step, first_step + steps):
+        states = []
+        for a in range(agents):
+            for k in range(2):
+                logger.log_agent_action(step, f"a{a}", ACTIONS[(step + a + k) % 3], reward=0.5,
+                                        details={"k": k})
+                expected["agent_actions"][(step, f"a{a}", json.dumps({"k": k}))] += 1
+            states.append((f"a{a}", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, step))
+            expected["agent_states"][(f"{sim}:a{a}-{step}",)] += 1
+        resource_rows = [(r, 1.0, 0.0, 0.0) for r in range(resources)]
+        for r in range(resources):
+            expected["resource_states"][(step, r)] += 1
+        logger.log_step(step, states, resource_rows, {"total_agents": agents})
+        expected["simulation_steps"][(step,)] += 1
+    return expected
+
+
+IDENTITY_COLUMNS = {
+    "agents": ("agent_id",),
+    "agent_states": ("id",),
+    "agent_actions": ("step_number", "agent_id", "details"),
+    "resource_states": ("step_number", "resource_id"),
+    "simulation_steps": ("step_number",),
+}
+
+
+def persisted_identities(engine, simulation_id: str) -> dict[str, Counter]:
+    """The identity of every row in SQL for ``simulation_id``, per table (duplicates counted)."""
+    found = {}
+    with engine.connect() as connection:
+        for table_name, columns in IDENTITY_COLUMNS.items():
+            table = schema.metadata.tables[table_name]
+            query = select(*[table.c[c] for c in columns]).where(table.c.simulation_id == simulation_id)
+            found[table_name] = Counter(tuple(row) for row in connection.execute(query))
+    return found
+
+
+def assert_rows_match(engine, simulation_id: str, expected: dict[str, Counter]) -> None:
+    """Every expected row is in SQL exactly once, and nothing else is."""
+    found = persisted_identities(engine, simulation_id)
+    for table_name, want in expected.items():
+        got = found[table_name]
+        missing = want - got
+        doubled = {key: n for key, n in got.items() if n > 1}
+        extra = got - want
+        assert not missing and not doubled and not extra, (
+            f"{table_name}: {sum(missing.values())} missing, {len(doubled)} doubled, "
+            f"{sum(extra.values())} unexpected (e.g. missing {list(missing)[:3]}, doubled {list(doubled)[:3]})")
+
+
+def dead_letter_count(engine, simulation_id: str | None = None) -> int:
+    with engine.connect() as connection:
+        query = select(schema.dead_letters.c.id)
+        if simulation_id:
+            query = query.where(schema.dead_letters.c.simulation_id == simulation_id)
+        return len(connection.execute(query).all())
+
+
+def total_expected(expected: dict[str, Counter]) -> int:
+    return sum(sum(c.values()) for c in expected.values())

@@ -1,0 +1,69 @@
+"""The entry format and record validation, without Redis."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from common.codec import FORMAT_VERSION, decode, make_encoder
+from common.errors import RecordError
+from common.records import KINDS, kind_named
+
+AGENT = {"agent_id": "a1", "birth_time": 0, "agent_type": "system", "position_x": 1.0, "position_y": 2.0,
+         "initial_resources": 5.0, "starting_health": 10.0}
+
+
+def test_a_record_round_trips_with_its_identity():
+    payload = make_encoder()("agent", "p1", 42, AGENT)
+    record = decode(payload)
+    assert record.kind is KINDS["agent"] and record.record_key == "p1:42" and record.fields == AGENT
+    assert record.to_row("sim")["generation"] == 0  # default filled in
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\xc1garbage", "not valid msgpack"),
+    (msgpack.packb([FORMAT_VERSION + 1, "agent", "p", 1, {}]), "unknown format version"),
+    (msgpack.packb([FORMAT_VERSION, "spaceship", "p", 1, {}]), "unknown record kind"),
+    (msgpack.packb([FORMAT_VERSION, "agent", "p", "one", {}]), "malformed"),
+    (msgpack.packb({"not": "an array"}), "array"),
+    (None, "trimmed"),
+])
+def test_undecodable_payloads_raise_a_record_error_saying_why(payload, message):
+    with pytest.raises(RecordError, match=message):
+        decode(payload)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"agent_id": None}, "'agent_id' is required"),
+    ({"birth_time": "zero"}, "'birth_time' must be int"),
+    ({"position_x": True}, "'position_x' must be"),
+    ({"wings": 2}, "unknown fields"),
+])
+def test_mistyped_or_missing_fields_are_rejected_by_name(change, message):
+    fields = {**AGENT, **change}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    with pytest.raises(RecordError, match=message):
+        KINDS["agent"].to_row("sim", "p:1", fields)
+
+
+def test_producer_side_name_check_catches_typos_immediately():
+    with pytest.raises(ValueError, match="unknown fields \\['agentid'\\]"):
+        KINDS["agent_action"].check_names({"step_number": 1, "agentid": "a", "action_type": "move"})
+    with pytest.raises(ValueError, match="unknown record kind"):
+        kind_named("spaceship")
+
+
+def test_numpy_like_scalars_are_encoded_as_plain_values():
+    class Scalar:
+        def item(self):
+            return 2.5
+
+    record = decode(make_encoder()("agent", "p", 1, {**AGENT, "position_x": Scalar()}))
+    assert record.fields["position_x"] == 2.5
+
+
+def test_agent_state_rows_get_the_reference_id():
+    fields = {"step_number": 3, "agent_id": "a1", "position_x": 1.0, "position_y": 2.0, "resource_level": 1.0,
+              "current_health": 1.0, "starting_health": 1.0, "starvation_counter": 0, "is_defending": False,
+              "total_reward": 0.0, "age": 3}
+    assert KINDS["agent_state"].to_row("sim-1", "p:1", fields)["id"] == "sim-1:a1-3"
