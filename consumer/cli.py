@@ -135,11 +135,10 @@ def redis_command(data_dir, port) -> None:
     """Run the embedded Redis server (127.0.0.1, AOF on) in the foreground."""
     server = EmbeddedRedis(Path(data_dir), port=port).start()
     click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    # Forward the stop to the server and let wait() below return; redis-server shuts down cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: server.process.terminate())
+    signal.signal(signal.SIGINT, lambda *_: server.process.terminate())
+    server.process.wait()
 
 
 def main() -> None:
