@@ -26,6 +26,9 @@ ENV_REDIS_URL = "SIMSTREAM_REDIS_URL"
 ENV_DB_URL = "SIMSTREAM_DB_URL"
 ENV_NAMESPACE = "SIMSTREAM_NAMESPACE"
 ENV_GROUP = "SIMSTREAM_GROUP"
+ENV_JOURNAL_DIR = "SIMSTREAM_JOURNAL_DIR"
+DEFAULT_JOURNAL_DIR = ".simstream-journal"
+BACKPRESSURE_POLICIES = ("spill", "slow")
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -83,30 +86,46 @@ def _env_overrides(cls: type[T], env: dict[str, str], explicit: dict[str, Any]) 
 
 @dataclass(frozen=True)
 class ProducerSettings:
-    """How a producer buffers and sends records.
+    """How a producer buffers, sends, journals and backs off.
 
-    ``max_buffered_records`` bounds the producer's memory: past it, records wait in the on-disk
-    journal instead of RAM, never dropped. ``close_timeout_s`` bounds how long ``close()`` waits.
+    A batch Redis refuses for ``spill_after_s`` goes to the journal in ``journal_dir`` (memory
+    stays bounded, nothing is dropped); the journal is retried every ``journal_retry_interval_s``.
+    Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
+    the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
+    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
     namespace: str = DEFAULT_NAMESPACE
     batch_size: int = 2000
     flush_interval_s: float = 0.05
-    max_buffered_records: int = 1_000_000
     close_timeout_s: float = 60.0
     socket_timeout_s: float = 5.0
+    spill_after_s: float = 2.0
+    journal_dir: str = DEFAULT_JOURNAL_DIR
+    journal_retry_interval_s: float = 1.0
+    journal_fsync: bool = False
+    backpressure: str = "spill"
+    high_water_records: int = 1_000_000
+    low_water_records: int = 800_000
+    throttle_sleep_s: float = 0.001
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url)
-        _require_positive(self, "batch_size", "flush_interval_s", "max_buffered_records",
-                          "close_timeout_s", "socket_timeout_s")
+        _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
+                          "spill_after_s", "journal_retry_interval_s", "high_water_records",
+                          "low_water_records", "throttle_sleep_s")
+        if self.backpressure not in BACKPRESSURE_POLICIES:
+            raise ConfigurationError(f"backpressure must be one of {BACKPRESSURE_POLICIES}, got {self.backpressure!r}")
+        if self.low_water_records > self.high_water_records:
+            raise ConfigurationError("low_water_records must not exceed high_water_records")
 
     @classmethod
     def from_env(cls, **explicit: Any) -> ProducerSettings:
         """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
-               "namespace": os.environ.get(ENV_NAMESPACE, "")}
+               "namespace": os.environ.get(ENV_NAMESPACE, ""),
+               "journal_dir": os.environ.get(ENV_JOURNAL_DIR, "")}
         return _env_overrides(cls, env, explicit)
 
 
@@ -128,13 +147,14 @@ class ConsumerSettings:
     claim_interval_ms: int = 5_000
     discover_interval_ms: int = 1_000
     max_deliveries: int = 10
+    trim_interval_ms: int = 1_000
     drain: bool = False
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url)
         validate_db_url(self.db_url)
         _require_positive(self, "batch_size", "block_ms", "claim_interval_ms",
-                          "discover_interval_ms", "max_deliveries")
+                          "discover_interval_ms", "max_deliveries", "trim_interval_ms")
         if self.claim_idle_ms < 0:
             raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
 

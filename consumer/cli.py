@@ -127,6 +127,27 @@ def demo(agents, steps, consumers, db, redis_url, embedded_redis, log_level, log
                           redis_url=redis_url, embedded=embedded_redis)))
 
 
+@cli.command("replay-journal")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@redis_url_option
+@namespace_option
+def replay_journal_command(paths, redis_url, namespace) -> None:
+    """Send producer journals (files, or folders of them) to Redis, in order, then delete them."""
+    from common.journal import SUFFIX, replay_journal
+
+    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace)
+    client = redis_client(settings.redis_url)
+    check_redis(client, settings.redis_url)
+    files = []
+    for path in map(Path, paths):
+        files += sorted(path.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else [path]
+    for file in files:
+        result = replay_journal(client, Keys(settings.namespace), file)
+        click.echo(f"{file}: {result.records} records sent" + (", simulation marked complete" if result.complete else ""))
+    if not files:
+        click.echo("no journals found")
+
+
 @cli.command("redis")
 @click.option("--dir", "data_dir", default=".simstream-redis", show_default=True,
               type=click.Path(file_okay=False), help="Folder for the AOF and the log.")

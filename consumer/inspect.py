@@ -20,11 +20,13 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _normalized(info: dict) -> dict[str, Any]:
+def text_dict(info: dict) -> dict[str, Any]:
+    """A Redis reply map with bytes keys and values decoded to text."""
     return {_text(key): _text(value) for key, value in info.items()}
 
 
-def _id_tuple(entry_id: str | None) -> tuple[int, int]:
+def entry_id_tuple(entry_id: str | None) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence), for comparing ids."""
     if not entry_id:
         return (0, 0)
     millis, _, seq = entry_id.partition("-")
@@ -71,18 +73,18 @@ def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
 def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: str) -> StreamStatus:
     """The status of one simulation's stream for ``group``."""
     status = StreamStatus(simulation_id, keys.stream(simulation_id))
-    meta = _normalized(client.hgetall(keys.meta(simulation_id)))
+    meta = text_dict(client.hgetall(keys.meta(simulation_id)))
     status.complete = meta.get("complete") == "1"
     status.logged = sum(int(value) for name, value in meta.items() if name.startswith("seq:"))
     try:
-        info = _normalized(client.xinfo_stream(status.stream))
+        info = text_dict(client.xinfo_stream(status.stream))
     except redis.ResponseError:
         return status  # no such stream (yet, or any more)
     status.exists = True
     status.length = int(info["length"])
     status.last_generated_id = info["last-generated-id"]
     for group_info in client.xinfo_groups(status.stream):
-        group_info = _normalized(group_info)
+        group_info = text_dict(group_info)
         if group_info["name"] == group:
             _fill_group(client, status, group, group_info)
     return status
@@ -102,7 +104,7 @@ def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dic
 
 def _lag(client: redis.Redis, status: StreamStatus, reported: Any) -> int:
     """Entries not yet delivered to the group: Redis 7's ``lag`` if valid, else counted."""
-    if _id_tuple(status.last_delivered_id) >= _id_tuple(status.last_generated_id):
+    if entry_id_tuple(status.last_delivered_id) >= entry_id_tuple(status.last_generated_id):
         return 0
     if reported is not None:
         return int(reported)

@@ -63,7 +63,9 @@ def _entries(raw_entries: Iterable[Any]) -> tuple[list[Entry], bool]:
 
 def translate(exc: redis.RedisError, what: str) -> Exception:
     """The simstream error for a redis-py failure during ``what``."""
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOGROUP"):
+    # NOGROUP: the group or stream is missing. UNBLOCKED (Redis 7): the stream was deleted while
+    # we were blocked reading it, e.g. removed by another consumer once it was fully persisted.
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
         return GroupMissing(f"{what}: the consumer group or its stream is gone ({exc})")
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
         return RedisUnavailable(f"{what}: {exc}")

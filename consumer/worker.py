@@ -27,6 +27,7 @@ from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
 from consumer import faults
 from consumer.inspect import simulation_ids, stream_status
+from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
 from consumer.sink import DeadLetter, Sink
 from consumer.stream_reader import Entry, StreamReader
 
@@ -73,7 +74,7 @@ class Worker:
         self._parent_pid = parent_pid
         self._stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
-        self._next_discovery = self._next_claim = self._next_drain_check = 0.0
+        self._next_discovery = self._next_claim = self._next_drain_check = self._next_retention = 0.0
         self._transient_failures = 0
         self.client: redis.Redis | None = None
         self.reader: StreamReader | None = None
@@ -120,9 +121,12 @@ class Worker:
             self.reclaim_stale()
         for stream, entries in self.read_batch().items():
             self.persist_and_ack(self._streams[stream], entries)
+        if now >= self._next_retention:
+            self.apply_retention()
         if self.settings.drain and now >= self._next_drain_check:
             self._next_drain_check = now + 0.25
             if self.drained():
+                self.apply_retention()  # leave nothing behind in Redis for what is persisted
                 self.request_stop("drained")
 
     def _connect(self) -> None:
@@ -181,6 +185,8 @@ class Worker:
             stream = self.keys.stream(simulation_id)
             if stream not in self._streams:
                 self.reader.ensure_group(stream)
+                if drop_if_recreated(self.client, self.keys, simulation_id):
+                    continue  # removed by another consumer while we looked: nothing to do
                 self._streams[stream] = _StreamState(stream, simulation_id)
                 log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
@@ -217,6 +223,20 @@ class Worker:
                 self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
             if claim.unnamed_gone:
                 state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
+
+    def apply_retention(self) -> None:
+        """Trim what every group has persisted; remove simulations that are finished."""
+        self._next_retention = time.monotonic() + self.settings.trim_interval_ms / 1000
+        try:
+            for stream, state in list(self._streams.items()):
+                if remove_finished(self.client, self.keys, state.simulation_id):
+                    del self._streams[stream]
+                else:
+                    trim_persisted(self.client, stream)
+        except redis.ResponseError as exc:
+            log.debug("worker.retention_skipped consumer=%s error=%s", self.name, exc)  # stream just removed
+        except redis.RedisError as exc:
+            raise TransientError(f"trimming: {exc}") from exc
 
     def read_batch(self) -> dict[str, list[Entry]]:
         """New entries from every tracked stream, waiting up to ``block_ms`` for some."""

@@ -1,8 +1,15 @@
 """The producer's background thread: encodes buffered records and XADDs them in pipelined batches.
 
-Only this thread talks to Redis, so the simulation thread never waits on the network. A batch that
-fails is retried, in order, with bounded jittered backoff; ``sent_seq`` advances only once Redis
-has accepted a batch, so ``flush()`` never reports a record as sent that is not in the stream.
+Only this thread talks to Redis, so the simulation thread never waits on the network. A batch
+Redis does not take is retried with bounded jittered backoff for ``spill_after_s``, then written
+to the on-disk journal. While a journal exists, newer batches follow it there (so the stream keeps
+the order records were logged in), and every ``journal_retry_interval_s`` the journal is replayed;
+once it is in Redis the file is removed and batches go straight to Redis again.
+
+Backpressure: every batch's pipeline also reads XLEN. The stream holds only unpersisted entries
+plus what awaits trimming, so its length is the backlog. Past ``high_water_records`` the sender
+either spills to the journal (``backpressure="spill"``) or sets ``throttle`` so ``log()`` slows
+the simulation (``"slow"``) until the backlog falls below ``low_water_records``. Nothing is trimmed.
 """
 
 from __future__ import annotations
@@ -12,15 +19,17 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import redis
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import Retrying, retry_if_exception_type
 
 from common.codec import ENTRY_FIELD, make_encoder
-from common.retry import jittered_backoff
 from common.connections import redis_client
+from common.journal import Journal, journal_path, journals_for, replay_journal
 from common.keys import Keys
+from common.retry import jittered_backoff
 from common.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
@@ -35,16 +44,19 @@ class SenderStats:
 
     sent_by_kind: Counter = field(default_factory=Counter)
     sent: int = 0
+    journaled: int = 0
+    replayed: int = 0
     batches: int = 0
     failed_attempts: int = 0
+    backlog: int = 0
     last_error: str | None = None
 
 
 class BatchSender(threading.Thread):
-    """Drains ``buffer`` into the simulation's stream until stopped and empty.
+    """Drains ``buffer`` into the simulation's stream (or its journal) until stopped and empty.
 
-    ``sent_seq`` is the highest sequence number Redis has accepted; because records are sent in
-    order, every record up to it is in the stream.
+    ``handed_off_seq``: every record up to this sequence number is in Redis or in the journal.
+    ``in_journal``: how many of them are in the journal, not yet in Redis.
     """
 
     def __init__(self, simulation_id: str, producer_id: str, buffer: deque[BufferedRecord],
@@ -54,18 +66,28 @@ class BatchSender(threading.Thread):
         self.producer_id = producer_id
         self.buffer = buffer
         self.settings = settings
+        self.keys = keys
         self.stream_key = keys.stream(simulation_id)
         self.meta_key = keys.meta(simulation_id)
-        self.registry_key = keys.registry
+        self.journal = Journal(journal_path(settings.journal_dir, simulation_id, producer_id), settings.journal_fsync)
         self.wake = threading.Event()
         self.progress = threading.Condition()
-        self.sent_seq = 0
+        self.handed_off_seq = 0
+        self.in_journal = 0
+        self.throttle = False
+        self.completed = False
         self.stats = SenderStats()
+        self._left_journals: list[Path] = journals_for(settings.journal_dir, simulation_id)
+        self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
+        self._spilling_for_backlog = False
+        self._next_journal_try = 0.0
         self._stopping = False
         self._mark_complete = False
-        self.completed = False
+        self._spill_now = False
         self._encode = make_encoder()
         self._client: redis.Redis | None = None
+
+    # -- control, from the simulation thread -----------------------------------------------
 
     def stop(self, mark_complete: bool) -> None:
         """Send what is buffered, optionally mark the simulation complete, then end the thread."""
@@ -73,17 +95,27 @@ class BatchSender(threading.Thread):
         self._stopping = True
         self.wake.set()
 
+    def spill_now(self) -> None:
+        """Stop waiting for Redis: journal whatever is left and finish (``close()`` timed out)."""
+        self._spill_now = True
+        self.wake.set()
+
+    # -- the thread ------------------------------------------------------------------------
+
     def run(self) -> None:
         try:
             while True:
                 self.wake.wait(self.settings.flush_interval_s)
                 self.wake.clear()
+                if self.journaling:
+                    self._try_leave_journal()
                 self._send_buffered()
                 if self._stopping and not self.buffer:
-                    if self._mark_complete:
-                        self._call_with_retry(self._send_completion)
-                        self.completed = True
+                    self._finish()
                     return
+        except Exception:
+            log.exception("producer.sender_failed simulation=%s", self.simulation_id)
+            raise
         finally:
             with self.progress:
                 self.progress.notify_all()
@@ -96,52 +128,132 @@ class BatchSender(threading.Thread):
             # Only this thread pops, so len() is a lower bound while log() keeps appending.
             batch = [popleft() for _ in range(min(len(self.buffer), self.settings.batch_size))]
             payloads = [self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in batch]
-            self._call_with_retry(self._send_batch, payloads, batch[-1][1])
-            self.stats.sent += len(batch)
+            if self.journaling or not self._send_with_retry(self._send_batch, payloads, batch[-1][1]):
+                self._to_journal(payloads)
+            else:
+                self.stats.sent += len(batch)
             self.stats.batches += 1
             self.stats.sent_by_kind.update(kind for kind, _, _ in batch)
             with self.progress:
-                self.sent_seq = batch[-1][1]
+                self.handed_off_seq = batch[-1][1]
                 self.progress.notify_all()
 
-    def _client_or_connect(self) -> redis.Redis:
+    def _finish(self) -> None:
+        """Everything is handed off: get the journal into Redis if we can, then mark complete."""
+        while self.journaling and not self._spill_now:
+            self._try_leave_journal(force=True)
+            if self.journaling:
+                self.wake.wait(self.settings.journal_retry_interval_s)
+        if not self._mark_complete:
+            return
+        if not self.journaling and self._send_with_retry(self._send_completion, until_spill=True):
+            self.completed = True
+        else:
+            self.journal.mark_complete()
+            log.warning("producer.closed_with_journal simulation=%s journal=%s records=%d",
+                        self.simulation_id, self.journal.path, self.in_journal)
+
+    # -- Redis -----------------------------------------------------------------------------
+
+    def _redis(self) -> redis.Redis:
         if self._client is None:
             self._client = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
         return self._client
 
     def _send_batch(self, payloads: list[bytes], last_seq: int) -> None:
-        pipe = self._client_or_connect().pipeline(transaction=False)
+        pipe = self._redis().pipeline(transaction=False)
         for payload in payloads:
             # execute_command skips redis-py's argument handling in xadd(); no MAXLEN, ever.
             pipe.execute_command("XADD", self.stream_key, "*", ENTRY_FIELD, payload)
-        pipe.sadd(self.registry_key, self.simulation_id)
+        pipe.sadd(self.keys.registry, self.simulation_id)
         pipe.hset(self.meta_key, f"seq:{self.producer_id}", last_seq)
-        pipe.execute()
+        pipe.xlen(self.stream_key)
+        self._observe_backlog(pipe.execute()[-1])
 
     def _send_completion(self) -> None:
-        client = self._client_or_connect()
-        client.sadd(self.registry_key, self.simulation_id)
-        client.hset(self.meta_key, mapping={"complete": 1, "completed_at": time.time(),
-                                            f"seq:{self.producer_id}": self.sent_seq})
+        pipe = self._redis().pipeline(transaction=False)
+        pipe.sadd(self.keys.registry, self.simulation_id)
+        pipe.hset(self.meta_key, mapping={"complete": 1, "completed_at": time.time(),
+                                          f"seq:{self.producer_id}": self.handed_off_seq})
+        pipe.execute()
 
-    def _call_with_retry(self, action, *args) -> None:
-        """Run ``action`` until Redis accepts it, backing off between attempts.
+    def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:
+        """Run ``action`` until Redis takes it; False after ``spill_after_s`` (or on spill_now).
 
         A retried pipeline may repeat XADDs whose replies were lost; the copies carry the same
         record key, so the sink ignores them.
         """
-        while True:
-            try:
-                for attempt in Retrying(retry=retry_if_exception_type(redis.RedisError),
-                                        wait=jittered_backoff(),
-                                        stop=stop_after_attempt(8), reraise=True,
-                                        before_sleep=self._note_failure):
-                    with attempt:
-                        action(*args)
-                return
-            except redis.RedisError as exc:
-                log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
+        deadline = None if until_spill else time.monotonic() + self.settings.spill_after_s
+
+        def give_up(_retry_state) -> bool:
+            return self._spill_now or (deadline is not None and time.monotonic() >= deadline)
+
+        try:
+            for attempt in Retrying(retry=retry_if_exception_type(redis.RedisError), wait=jittered_backoff(),
+                                    stop=give_up, reraise=True, before_sleep=self._note_failure):
+                with attempt:
+                    action(*args)
+            return True
+        except redis.RedisError as exc:
+            self._note_error(exc)
+            return False
 
     def _note_failure(self, retry_state) -> None:
+        self._note_error(retry_state.outcome.exception())
+
+    def _note_error(self, exc: BaseException) -> None:
         self.stats.failed_attempts += 1
-        self.stats.last_error = str(retry_state.outcome.exception())
+        if self.stats.last_error is None or self.stats.failed_attempts % 50 == 1:
+            log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
+        self.stats.last_error = str(exc)
+
+    def _observe_backlog(self, backlog: int) -> None:
+        self.stats.backlog = backlog
+        if backlog > self.settings.high_water_records:
+            if self.settings.backpressure == "spill" and not self.journaling:
+                log.warning("producer.backpressure simulation=%s backlog=%d action=spill", self.simulation_id, backlog)
+                self.journaling = self._spilling_for_backlog = True
+            elif self.settings.backpressure == "slow" and not self.throttle:
+                log.warning("producer.backpressure simulation=%s backlog=%d action=slow", self.simulation_id, backlog)
+                self.throttle = True
+        elif backlog < self.settings.low_water_records:
+            self.throttle = False
+
+    # -- the journal -----------------------------------------------------------------------
+
+    def _to_journal(self, payloads: list[bytes]) -> None:
+        if not self.journaling:
+            log.warning("producer.journaling simulation=%s journal=%s", self.simulation_id, self.journal.path)
+        self.journaling = True
+        self.journal.append(payloads)
+        self.in_journal += len(payloads)
+        self.stats.journaled += len(payloads)
+
+    def _try_leave_journal(self, force: bool = False) -> None:
+        """Replay left-behind journals, then ours, if Redis answers (and the backlog allows)."""
+        now = time.monotonic()
+        if not force and now < self._next_journal_try:
+            return
+        self._next_journal_try = now + self.settings.journal_retry_interval_s
+        try:
+            if self._spilling_for_backlog:
+                if self._redis().xlen(self.stream_key) >= self.settings.low_water_records:
+                    return
+            while self._left_journals:
+                result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size)
+                self._left_journals.pop(0)
+                self.stats.replayed += result.records
+                log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
+                         self.simulation_id, result.path, result.records)
+            if self.journal.exists():
+                result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size)
+                self.stats.replayed += result.records
+                self.stats.sent += result.records
+                log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
+                         self.simulation_id, result.path, result.records)
+        except redis.RedisError as exc:
+            self._note_error(exc)
+            return
+        with self.progress:
+            self.in_journal = 0
+        self.journaling = self._spilling_for_backlog = False

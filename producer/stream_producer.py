@@ -26,25 +26,43 @@ from producer.sender import BatchSender, BufferedRecord
 
 log = logging.getLogger(__name__)
 
+_SPILL_JOIN_S = 30.0
+
 
 @dataclass(frozen=True)
 class FlushReport:
     """Where the producer's records are after ``flush()`` or ``close()``.
 
-    ``in_redis``: records Redis has accepted. ``waiting``: records still in the producer when the
-    timeout ran out (the sender keeps trying while the process lives). ``complete``: the
-    simulation was marked complete in Redis (``close()`` only).
+    ``in_redis``: records Redis has accepted. ``journaled``: records in the on-disk journal
+    (``journal_path``), sent when Redis answers again, by this producer, the next one for the same
+    simulation, or ``simstream replay-journal``. ``waiting``: records still in memory when the
+    timeout ran out. ``complete``: the simulation is marked complete in Redis (``close()`` only).
     """
 
     logged: int
     in_redis: int
+    journaled: int
     waiting: int
     complete: bool = False
+    journal_path: str | None = None
 
     @property
     def all_in_redis(self) -> bool:
         """True when every logged record is in the stream."""
+        return self.in_redis == self.logged
+
+    @property
+    def nothing_lost(self) -> bool:
+        """True when every logged record is in Redis or in the journal."""
         return self.waiting == 0
+
+    def __str__(self) -> str:
+        where = f"{self.in_redis} in Redis"
+        if self.journaled:
+            where += f", {self.journaled} in the journal {self.journal_path}"
+        if self.waiting:
+            where += f", {self.waiting} still in memory"
+        return f"{self.logged} records logged: {where}" + ("; simulation complete" if self.complete else "")
 
 
 class StreamProducer:
@@ -89,6 +107,8 @@ class StreamProducer:
         self._last_seq = seq
         if len(self._buffer) >= self.settings.batch_size:
             self._sender.wake.set()
+        if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
+            time.sleep(self.settings.throttle_sleep_s)
 
     def flush(self, timeout_s: float | None = None) -> FlushReport:
         """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""
@@ -100,17 +120,23 @@ class StreamProducer:
     def close(self, timeout_s: float | None = None) -> FlushReport:
         """Log the simulation's end, send everything, mark it complete; idempotent.
 
-        Returns within ``timeout_s`` (default ``close_timeout_s``); the report says whether all
-        records reached Redis. After a timeout the sender keeps trying while the process lives.
+        Returns once every record is in Redis, or, if Redis does not take them within
+        ``timeout_s`` (default ``close_timeout_s``), in the journal, which then also records that
+        the simulation is complete. The report says which.
         """
         with self._close_lock:
             if not self._closed:
                 self.log("simulation_end", end_time=time.time(), status="completed")
                 self._closed = True
                 self._sender.stop(mark_complete=True)
-        deadline_s = timeout_s if timeout_s is not None else self.settings.close_timeout_s
-        self._sender.join(deadline_s)
-        return self._report(self._last_seq)
+        self._sender.join(timeout_s if timeout_s is not None else self.settings.close_timeout_s)
+        if self._sender.is_alive():
+            self._sender.spill_now()  # stop waiting for Redis: the rest goes to the journal
+            self._sender.join(_SPILL_JOIN_S)
+        report = self._report(self._last_seq)
+        log.log(logging.INFO if report.all_in_redis else logging.WARNING,
+                "producer.closed simulation=%s %s", self.simulation_id, report)
+        return report
 
     def stats(self) -> dict[str, Any]:
         """Counts so far: records logged and sent, per kind, and failed send attempts."""
@@ -118,6 +144,9 @@ class StreamProducer:
         return {
             "logged": self._last_seq,
             "sent": sender.sent,
+            "journaled": sender.journaled,
+            "replayed": sender.replayed,
+            "backlog": sender.backlog,
             "sent_by_kind": dict(sender.sent_by_kind),
             "batches": sender.batches,
             "failed_attempts": sender.failed_attempts,
@@ -127,25 +156,25 @@ class StreamProducer:
     def _wait_sent(self, target: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with self._sender.progress:
-            while self._sender.sent_seq < target and self._sender.is_alive():
+            while self._sender.handed_off_seq < target and self._sender.is_alive():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 self._sender.progress.wait(min(remaining, 0.5))
 
     def _report(self, target: int) -> FlushReport:
-        in_redis = min(self._sender.sent_seq, target)
-        return FlushReport(logged=target, in_redis=in_redis, waiting=target - in_redis,
-                           complete=self._sender.completed)
+        sender = self._sender
+        with sender.progress:
+            handed_off, journaled = min(sender.handed_off_seq, target), sender.in_journal
+        return FlushReport(logged=target, in_redis=handed_off - journaled, journaled=journaled,
+                           waiting=target - handed_off, complete=sender.completed,
+                           journal_path=str(sender.journal.path) if journaled else None)
 
     def __enter__(self) -> StreamProducer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        report = self.close()
-        if not report.all_in_redis:
-            log.warning("producer.close_incomplete simulation=%s waiting=%d",
-                        self.simulation_id, report.waiting)
+        self.close()
 
 
 def _flush_at_exit(producer_ref: weakref.ref) -> None:

@@ -100,10 +100,15 @@ def namespace() -> str:
 
 
 class Cli:
-    """Runs ``simstream`` subcommands as real processes with a test's environment."""
+    """Runs ``simstream`` subcommands as real processes with a test's environment.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    Background processes write their output to files (a pipe nobody reads would fill and block
+    them); ``output(process)`` reads it.
+    """
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
+        self.log_dir = log_dir
         self.started: list[subprocess.Popen] = []
 
     def command(self, *args: str) -> list[str]:
@@ -114,10 +119,18 @@ class Cli:
                               capture_output=True, text=True, timeout=timeout)
 
     def start(self, *args: str, extra_env: dict | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(self.command(*args), env={**self.env, **(extra_env or {})},
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log_path = self.log_dir / f"process-{len(self.started)}.log"
+        with open(log_path, "w") as log_file:
+            process = subprocess.Popen(self.command(*args), env={**self.env, **(extra_env or {})},
+                                       stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        process.log_path = log_path
         self.started.append(process)
         return process
+
+    @staticmethod
+    def output(process: subprocess.Popen) -> str:
+        """Everything a background process has printed so far."""
+        return process.log_path.read_text()
 
     def cleanup(self) -> None:
         for process in self.started:
@@ -127,11 +140,11 @@ class Cli:
 
 
 @pytest.fixture
-def cli(redis_server, sqlite_url, namespace):
+def cli(redis_server, sqlite_url, namespace, tmp_path):
     env = {**os.environ, "SIMSTREAM_REDIS_URL": redis_server.url, "SIMSTREAM_DB_URL": sqlite_url,
            "SIMSTREAM_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"}
     for name in [n for n in env if n.startswith("SIMSTREAM_TEST_")]:
         del env[name]
-    runner = Cli(env)
+    runner = Cli(env, tmp_path)
     yield runner
     runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import re
 import signal
 import time
 
@@ -64,12 +65,15 @@ def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, na
     assert logger.close().complete
 
     # Then: they drain and exit 0, every row is there once, and all three took part
-    assert consumers.wait(120) == 0, consumers.stderr.read()
+    assert consumers.wait(120) == 0, cli.output(consumers)
     assert_rows_match(sink_engine, simulation_id, expected)
     assert dead_letter_count(sink_engine) == 0
-    client = redis_server.client()
-    names = {c["name"].decode() for c in client.xinfo_consumers(f"{namespace}:{{{simulation_id}}}:stream", "simstream")}
-    assert names == {consumer_name(slot) for slot in range(3)}
+    log_lines = cli.output(consumers)
+    persisted_by = dict(re.findall(r"worker.summary consumer=(\S+) persisted=(\d+)", log_lines))
+    assert set(persisted_by) == {consumer_name(slot) for slot in range(3)}
+    assert all(int(count) > 0 for count in persisted_by.values()), log_lines
+    # and once persisted, the simulation's keys are gone from Redis
+    assert not redis_server.client().exists(f"{namespace}:{{{simulation_id}}}:stream")
 
 
 @pytest.mark.parametrize("moment", ["after_read", "after_commit"])
@@ -166,9 +170,9 @@ def test_sigterm_mid_run_exits_zero_with_nothing_pending(cli, redis_server, sink
     supervisor.send_signal(signal.SIGTERM)
 
     # Then: every worker finishes its batch, commits, acks and exits 0; nothing is left pending
-    assert supervisor.wait(60) == 0, supervisor.stderr.read()
+    assert supervisor.wait(60) == 0, cli.output(supervisor)
     assert group_pending(redis_server, namespace, simulation_id)["pending"] == 0
-    assert "worker.summary" in supervisor.stderr.read()
+    assert "worker.summary" in cli.output(supervisor)
     # and the rest is persisted by a later run, still one row per record
     assert cli.run("consume", "--drain", *FAST).returncode == 0
     assert_rows_match(sink_engine, simulation_id, expected)

@@ -110,20 +110,28 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
         "offspring_generation": 3, "parent_position_x": 1.0, "parent_position_y": 2.0}
 
 
-def test_replaying_the_same_entries_writes_nothing_new(redis_server, sqlite_url, sink_engine,
+def test_the_same_entries_added_twice_write_nothing_new(redis_server, sqlite_url, sink_engine,
                                                        simulation_id, namespace):
-    # Given: a persisted simulation
+    # Given: a simulation whose every entry is in the stream twice, as after XADDs retried
+    # because their replies were lost
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
     for step in range(1, 4):
         logger.log_agent_action(step, "a1", "move", details={"step": step})
         logger.log_resource(step, 1.0, (0.0, 0.0))
+        logger.log_step(step, [("a1", 1.0, 1.0, 1.0, 1.0, 1.0, 0, False, 0.0, step)], [], {})
     logger.close()
-    drain_with_worker(redis_server.url, sqlite_url, namespace)
-    before = {t.name: len(rows(sink_engine, t, simulation_id)) for t in schema.DATA_TABLES}
+    client = redis_server.client()
+    stream = f"{namespace}:{{{simulation_id}}}:stream"
+    for _, fields in client.xrange(stream):
+        client.xadd(stream, fields)
+    assert client.xlen(stream) == 2 * 14  # 12 records + the simulation start and end
 
-    # When: a new group reads the whole stream again (every entry delivered a second time)
-    drain_with_worker(redis_server.url, sqlite_url, namespace, group="second-group")
+    # When: a worker drains the stream
+    worker = drain_with_worker(redis_server.url, sqlite_url, namespace)
 
-    # Then: no table gained a row
-    after = {t.name: len(rows(sink_engine, t, simulation_id)) for t in schema.DATA_TABLES}
-    assert after == before and before["agent_actions"] == 3 and before["resource_states"] == 3
+    # Then: one row per record
+    counts = {t.name: len(rows(sink_engine, t, simulation_id)) for t in schema.DATA_TABLES}
+    assert counts == {"simulations": 1, "agents": 0, "agent_states": 3, "resource_states": 3,
+                      "simulation_steps": 3, "agent_actions": 3, "health_incidents": 0,
+                      "interactions": 0, "reproduction_events": 0}
+    assert worker.stats.dead_lettered == 0

@@ -1,0 +1,135 @@
+"""The producer's on-disk journal: where records wait while Redis cannot take them.
+
+One append-only file per producer: ``<dir>/<simulation_id>~<producer_id>.journal``. Each frame
+is a 4-byte big-endian length and the record's encoded payload, exactly the bytes that would
+have been XADDed, so a replayed record keeps its identity and the sink ignores copies. A frame of
+length 0 marks the simulation complete (its producer was closed while Redis was away). A frame
+torn by a crash mid-write is ignored: it was never reported as journaled.
+
+Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
+the file, and the next replay sends all of it again (the copies write nothing new).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import redis
+
+from common.codec import ENTRY_FIELD
+from common.keys import Keys
+
+_FRAME_HEADER = struct.Struct(">I")
+_COMPLETE_MARKER = b""
+SUFFIX = ".journal"
+
+
+def journal_path(directory: str | Path, simulation_id: str, producer_id: str) -> Path:
+    """Where a producer journals its records."""
+    return Path(directory) / f"{simulation_id}~{producer_id}{SUFFIX}"
+
+
+def simulation_of(path: str | Path) -> str:
+    """The simulation a journal file belongs to, from its name."""
+    return Path(path).name.rsplit("~", 1)[0]
+
+
+def journals_for(directory: str | Path, simulation_id: str) -> list[Path]:
+    """Journals an earlier producer of ``simulation_id`` left behind, oldest first."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"{simulation_id}~*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+
+
+class Journal:
+    """Appends encoded records to one producer's journal file."""
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self.frames = 0
+
+    def append(self, payloads: list[bytes]) -> None:
+        """Write ``payloads`` as frames; they are on disk (or in the OS cache) when this returns."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as handle:
+            handle.write(b"".join(_FRAME_HEADER.pack(len(p)) + p for p in payloads))
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        self.frames += len(payloads)
+
+    def mark_complete(self) -> None:
+        """Record that the simulation was closed: a replay marks it complete after its records."""
+        self.append([_COMPLETE_MARKER])
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+def read_journal(path: str | Path) -> tuple[list[bytes], bool]:
+    """The payloads of a journal in order, and whether it carries the completion marker."""
+    data = Path(path).read_bytes()
+    payloads, complete, offset = [], False, 0
+    while offset + _FRAME_HEADER.size <= len(data):
+        (length,) = _FRAME_HEADER.unpack_from(data, offset)
+        start, end = offset + _FRAME_HEADER.size, offset + _FRAME_HEADER.size + length
+        if end > len(data):
+            break  # torn final frame: the write never finished
+        if length == 0:
+            complete = True
+        else:
+            payloads.append(data[start:end])
+        offset = end
+    return payloads, complete
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a journal replay sent."""
+
+    path: Path
+    records: int
+    complete: bool
+
+
+def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000) -> ReplayResult:
+    """Send a journal's records to their simulation's stream in order, then delete the file.
+
+    Raises redis.RedisError if Redis fails part-way; the file is then kept for the next try.
+    """
+    path = Path(path)
+    simulation_id = simulation_of(path)
+    payloads, complete = read_journal(path)
+    stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
+    last_seq: dict[str, int] = {}
+    for start in range(0, len(payloads), batch_size):
+        pipe = client.pipeline(transaction=False)
+        for payload in payloads[start:start + batch_size]:
+            pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
+            _note_identity(payload, last_seq)
+        pipe.sadd(keys.registry, simulation_id)
+        pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(keys.registry, simulation_id)
+    for producer_id, seq in last_seq.items():
+        pipe.hset(meta, f"seq:{producer_id}", seq)
+    if complete:
+        pipe.hset(meta, mapping={"complete": 1, "completed_at": time.time()})
+    pipe.execute()
+    path.unlink()
+    return ReplayResult(path, len(payloads), complete)
+
+
+def _note_identity(payload: bytes, last_seq: dict[str, int]) -> None:
+    try:
+        _, _, producer_id, seq, _ = msgpack.unpackb(payload, raw=False)
+        last_seq[producer_id] = max(seq, last_seq.get(producer_id, 0))
+    except Exception:  # a payload the consumer will dead-letter; it still goes to the stream
+        pass
