@@ -17,6 +17,8 @@ from common.records import KINDS, RecordKind
 
 FORMAT_VERSION = 1
 ENTRY_FIELD = b"r"
+MISSING_FIELD = b""
+"""Payload of an entry that exists but has no ``r`` field (distinct from a trimmed entry's None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,12 @@ def decode(payload: bytes | None) -> Record:
     """Decode an entry's payload, or raise RecordError saying what is wrong with it."""
     if payload is None:
         raise RecordError("entry has no payload: it was trimmed or deleted before it was persisted")
+    if payload == MISSING_FIELD:
+        raise RecordError(f"entry has no {ENTRY_FIELD.decode()!r} field: it was not written by a simstream producer")
     try:
         unpacked = msgpack.unpackb(payload, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise RecordError(f"payload is not valid msgpack: {exc}") from exc
+        raise RecordError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
     if not isinstance(unpacked, list) or len(unpacked) != 5:
         raise RecordError("payload is not a [version, kind, producer, seq, fields] array")
     version, kind_name, producer_id, seq, fields = unpacked
@@ -84,4 +88,4 @@ def entry_payload(entry_fields: dict[bytes, bytes] | None) -> bytes | None:
     """The msgpack bytes of a stream entry's field map (None if the entry was trimmed)."""
     if entry_fields is None:
         return None
-    return entry_fields.get(ENTRY_FIELD)
+    return entry_fields.get(ENTRY_FIELD, MISSING_FIELD)

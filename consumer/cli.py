@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import click
+import redis
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.connections import check_redis, create_sink_engine, ensure_schema, redis_client
 from common.embedded_redis import EmbeddedRedis
@@ -30,6 +32,10 @@ redis_url_option = click.option("--redis-url", envvar=ENV_REDIS_URL, default=Non
                                  help=f"Redis URL (env {ENV_REDIS_URL}; default redis://127.0.0.1:6379/0).")
 namespace_option = click.option("--namespace", envvar=ENV_NAMESPACE, default=DEFAULT_NAMESPACE,
                                 show_default=True, help=f"Key prefix in Redis (env {ENV_NAMESPACE}).")
+db_option = click.option("--db", envvar=ENV_DB_URL, default=None,
+                         help=f"SQLAlchemy URL or SQLite file path of the sink (env {ENV_DB_URL}).")
+
+
 group_option = click.option("--group", envvar=ENV_GROUP, default=DEFAULT_GROUP, show_default=True,
                             help=f"Consumer group name (env {ENV_GROUP}).")
 
@@ -52,8 +58,7 @@ def cli() -> None:
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
               envvar="SIMSTREAM_PROCESSES", help="Worker processes to run.")
 @redis_url_option
-@click.option("--db", envvar=ENV_DB_URL, default=None,
-              help=f"SQLAlchemy URL or SQLite file path of the sink (env {ENV_DB_URL}).")
+@db_option
 @namespace_option
 @group_option
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Entries per read (COUNT).")
@@ -127,6 +132,66 @@ def demo(agents, steps, consumers, db, redis_url, embedded_redis, log_level, log
                           redis_url=redis_url, embedded=embedded_redis)))
 
 
+@cli.group()
+def dlq() -> None:
+    """Inspect and re-drive dead letters (entries that could not become rows)."""
+
+
+def _sink_engine(db):
+    settings = ConsumerSettings.from_env(db_url=normalize_db_url(db) if db else None)
+    engine = create_sink_engine(settings.db_url)
+    ensure_schema(engine)
+    return engine
+
+
+@dlq.command("list")
+@db_option
+@click.option("--simulation", default=None, help="Only this simulation's dead letters.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def dlq_list(db, simulation, limit, as_json) -> None:
+    """List dead letters, newest first, with the reason each was rejected."""
+    from consumer.dead_letters import list_dead_letters
+
+    letters = list_dead_letters(_sink_engine(db), simulation, limit)
+    if as_json:
+        click.echo(json.dumps(letters, indent=2, default=str))
+        return
+    for letter in letters:
+        click.echo(f"{letter['id']:>6}  {letter['simulation_id']}  {letter['entry_id']}  "
+                   f"deliveries={letter['delivery_count']}  {letter['error']}")
+    click.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq.command("retry")
+@db_option
+@redis_url_option
+@namespace_option
+@click.option("--simulation", default=None, help="Only this simulation's dead letters.")
+@click.option("--id", "ids", multiple=True, type=int, help="Only these dead letters (repeatable).")
+def dlq_retry(db, redis_url, namespace, simulation, ids) -> None:
+    """Put dead letters back into their streams for the consumers to try again."""
+    from consumer.dead_letters import retry_dead_letters
+
+    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace)
+    client = redis_client(settings.redis_url)
+    check_redis(client, settings.redis_url)
+    result = retry_dead_letters(_sink_engine(db), client, Keys(settings.namespace), simulation, tuple(ids))
+    click.echo(f"re-driven: {result.redriven}; skipped (payload lost): {result.skipped_without_payload}")
+
+
+@dlq.command("purge")
+@db_option
+@click.option("--simulation", default=None, help="Only this simulation's dead letters.")
+@click.option("--id", "ids", multiple=True, type=int, help="Only these dead letters (repeatable).")
+@click.option("--yes", is_flag=True, required=True, help="Confirm: dead letters are deleted for good.")
+def dlq_purge(db, simulation, ids, yes) -> None:
+    """Delete dead letters for good."""
+    from consumer.dead_letters import purge_dead_letters
+
+    click.echo(f"purged: {purge_dead_letters(_sink_engine(db), simulation, tuple(ids))}")
+
+
 @cli.command("replay-journal")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @redis_url_option
@@ -169,6 +234,12 @@ def main() -> None:
     except SimstreamError as exc:
         click.echo(f"simstream: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except redis.RedisError as exc:
+        click.echo(f"simstream: error: Redis failed: {exc}; check --redis-url and that the server is up", err=True)
+        sys.exit(int(ExitCode.COULD_NOT_CONNECT))
+    except SQLAlchemyError as exc:
+        click.echo(f"simstream: error: database failed: {getattr(exc, 'orig', None) or exc}; check --db", err=True)
+        sys.exit(int(ExitCode.COULD_NOT_CONNECT))
     except click.exceptions.Abort:
         click.echo("simstream: interrupted", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
