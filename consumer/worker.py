@@ -168,7 +168,10 @@ class Worker:
         for state in self._streams.values():
             state.replay_after = b"0"
         if isinstance(exc, GroupMissing):
-            self._next_discovery = 0.0  # re-create groups before reading again
+            # The server lost the group (restarted empty, or the stream was removed when finished):
+            # rediscover from the registry and re-create groups from the start of each stream.
+            log.warning("worker.group_missing consumer=%s action=rediscover", self.name)
+            self._next_discovery = 0.0
             self._streams.clear()
         self._stop.wait(pause_s)
 
