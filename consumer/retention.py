@@ -17,6 +17,9 @@ from consumer.inspect import entry_id_tuple, text_dict
 
 log = logging.getLogger(__name__)
 
+_TRIM_STEP = 10_000
+_TRIM_STEPS_PER_PASS = 50
+
 
 def _next_id(entry_id: str) -> str:
     millis, seq = entry_id_tuple(entry_id)
@@ -36,11 +39,23 @@ def trim_point(client: redis.Redis, stream: str) -> str | None:
 
 
 def trim_persisted(client: redis.Redis, stream: str) -> int:
-    """Trim entries every group has persisted; returns how many Redis removed."""
+    """Trim entries every group has persisted; returns how many Redis removed.
+
+    An approximate XTRIM removes at most ``_TRIM_STEP`` entries per call (Redis's own default
+    LIMIT for ``~``), so a consumer persisting faster than that per retention pass would leave
+    a growing tail. Trimming repeats in such bounded steps, each short for the server, until a
+    step removes less than a full one or ``_TRIM_STEPS_PER_PASS`` are done.
+    """
     point = trim_point(client, stream)
     if point is None:
         return 0
-    return client.xtrim(stream, minid=point, approximate=True)
+    removed = 0
+    for _ in range(_TRIM_STEPS_PER_PASS):
+        step = client.xtrim(stream, minid=point, approximate=True, limit=_TRIM_STEP)
+        removed += step
+        if step < _TRIM_STEP:
+            break
+    return removed
 
 
 def finished(client: redis.Redis, keys: Keys, simulation_id: str) -> bool:
