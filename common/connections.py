@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
 from common.schema import metadata
-from common.settings import validate_db_url, validate_redis_url
+from common.settings import ENV_DB_URL, validate_db_url, validate_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ def ensure_schema(engine: Engine) -> None:
         except OperationalError as exc:
             # Another process created a table between our check and our CREATE: look again.
             if "already exists" not in str(exc) or attempt == 2:
-                raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc.orig}") from exc
+                raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc.orig}; "
+                                          f"check --db / {ENV_DB_URL} and that the database is up") from exc
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc}") from exc
+            raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc}; "
+                                      f"check --db / {ENV_DB_URL} and that the database is up") from exc

@@ -227,18 +227,25 @@ def redis_command(data_dir, port) -> None:
     server.process.wait()
 
 
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message folded onto one line (drivers often add hints on lines of their own)."""
+    return " ".join(str(exc).split())
+
+
 def main() -> None:
     """Console entry point: one line and a named exit code for every expected failure."""
     try:
         cli.main(standalone_mode=False)
     except SimstreamError as exc:
-        click.echo(f"simstream: error: {exc}", err=True)
+        click.echo(f"simstream: error: {one_line(exc)}", err=True)
         sys.exit(int(exc.exit_code))
     except redis.RedisError as exc:
-        click.echo(f"simstream: error: Redis failed: {exc}; check --redis-url and that the server is up", err=True)
+        click.echo(f"simstream: error: Redis failed: {one_line(exc)}; check --redis-url and that the server is up",
+                   err=True)
         sys.exit(int(ExitCode.COULD_NOT_CONNECT))
     except SQLAlchemyError as exc:
-        click.echo(f"simstream: error: database failed: {getattr(exc, 'orig', None) or exc}; check --db", err=True)
+        click.echo(f"simstream: error: database failed: {one_line(getattr(exc, 'orig', None) or exc)}; check --db",
+                   err=True)
         sys.exit(int(ExitCode.COULD_NOT_CONNECT))
     except click.exceptions.Abort:
         click.echo("simstream: interrupted", err=True)
