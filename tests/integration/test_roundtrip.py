@@ -76,7 +76,7 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
     assert {k: v for k, v in action.items() if k not in ("action_id", "record_key")} == {
         "simulation_id": simulation_id, "step_number": 1, "agent_id": "a1", "action_type": "attack",
         "action_target_id": "a2", "reward": 0.25, "module_type": "dqn", "module_id": "m1",
-        "details": json.dumps({"action_taken": 3, "action_taken_mapped": "attack", "dx": 1}, sort_keys=True)}
+        "details": json.dumps({"dx": 1, "action_taken": 3, "action_taken_mapped": "attack"})}
     assert action["record_key"].startswith(logger.producer.producer_id + ":")
 
     [incident] = rows(sink_engine, schema.health_incidents, simulation_id)
