@@ -171,7 +171,7 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
     RecordKind(
         "agent_state", schema.agent_states,
         (req("step_number", INT), req("agent_id", STR), req("position_x", FLOAT),
-         req("position_y", FLOAT), opt("position_z", FLOAT, 0.0), req("resource_level", FLOAT),
+         req("position_y", FLOAT), opt("position_z", FLOAT), req("resource_level", FLOAT),
          req("current_health", FLOAT), req("starting_health", FLOAT),
          req("starvation_counter", INT), req("is_defending", BOOL), req("total_reward", FLOAT),
          req("age", INT)),

@@ -119,8 +119,6 @@ def make_entry(step_number: int, fields: Mapping[str, Any]) -> dict[str, Any]:
     """A tier entry from an ``agent_state`` record's fields: the columns SQL would hold."""
     entry = {name: fields.get(name) for name in STATE_COLUMNS}
     entry["step_number"] = step_number
-    if entry["position_z"] is None:
-        entry["position_z"] = 0.0  # the sink's default for the column
     entry["is_defending"] = bool(entry["is_defending"])
     return entry
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from common.records import KINDS
 from common.tiers import RedisIMConfig, RedisSTMConfig
 from producer.stream_producer import FlushReport, StreamProducer
 
@@ -96,10 +97,12 @@ class RedisBufferedDataLogger:
 
     def log_agents_batch(self, agent_data_list: Iterable[Mapping[str, Any]]) -> None:
         """Several ``agents`` rows; each dict has ``log_agent``'s keys (``simulation_id`` ignored)."""
-        for data in agent_data_list:
+        agent_data_list = list(agent_data_list)
+        for data in agent_data_list:  # all checks first: a rejected batch logs nothing, as in one transaction
             missing = [key for key in _AGENT_KEYS if key not in data]
             if missing:
                 raise ValueError(f"Missing required field '{missing[0]}' in agent data")
+        for data in agent_data_list:
             self.log_agent(data["agent_id"], data["birth_time"], data["agent_type"],
                            data["position"], data["initial_resources"], data["starting_health"],
                            genome_id=data.get("genome_id"), generation=data.get("generation", 0),
@@ -110,17 +113,18 @@ class RedisBufferedDataLogger:
         """One ``agent_states`` row per agent (the last tuple wins if an agent appears twice, as in
         the reference), one ``resource_states`` row per resource tuple and one
         ``simulation_steps`` row with ``metrics`` (``resources_consumed`` defaults to 0.0)."""
-        log = self.producer.log
         latest = {state[0]: state for state in agent_states}
-        for state in latest.values():
-            columns = _columns(_AGENT_STATE_COLUMNS, state)
+        states = [_columns(_AGENT_STATE_COLUMNS, state) for state in latest.values()]
+        resources = [_columns(_RESOURCE_STATE_COLUMNS, resource) for resource in resource_states]
+        step = {"step_number": step_number, "resources_consumed": 0.0, **metrics}
+        KINDS["simulation_step"].check_names(step)  # all checks first: a rejected call logs nothing
+        log = self.producer.log
+        for columns in states:
             columns["is_defending"] = bool(columns["is_defending"])
             log("agent_state", step_number=step_number, **columns)
-        for resource in resource_states:
-            log("resource_state", step_number=step_number, **_columns(_RESOURCE_STATE_COLUMNS, resource))
-        if "resources_consumed" not in metrics:
-            metrics = {**metrics, "resources_consumed": 0.0}
-        log("simulation_step", step_number=step_number, **metrics)
+        for columns in resources:
+            log("resource_state", step_number=step_number, **columns)
+        log("simulation_step", **step)
 
     def log_resource(self, resource_id: int, initial_amount: float, position: Sequence[float]) -> None:
         """A resource's initial state: a ``resource_states`` row at step 0."""
