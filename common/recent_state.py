@@ -64,21 +64,25 @@ class RecentStates:
         self._recent = client.register_script(_RECENT_SCRIPT)
 
     def recent_states(self, simulation_id: str, agent_id: str, n: int) -> list[dict[str, Any]]:
-        """The agent's ``n`` latest states, newest first: the newest steps Redis holds (short-term
-        tier, then intermediate), continued from SQL below the oldest of them."""
+        """The agent's ``n`` latest states, newest first: the short-term tier's, then the
+        intermediate tier's (the steps just below), then SQL's below those.
+
+        Redis answers only while its short-term tier is whole, since only that tier proves it
+        holds the newest steps: if it expired or lost a key, SQL answers alone (without an
+        ``engine``, the answer is then empty).
+        """
         if n <= 0:
             return []
         stm_hash, _, stm_timeline = self.keys.stm_keys(simulation_id, agent_id)
         im_hash, im_timeline = self.keys.im_keys(simulation_id, agent_id)
         stm_steps, stm_values, im_steps, im_values = self._recent(
             keys=[stm_hash, stm_timeline, im_hash, im_timeline], args=[n])
-        if None in stm_values or None in im_values:  # a key was evicted under us: ask SQL alone
+        if not stm_steps or None in stm_values or None in im_values:
             return self._sql_recent(simulation_id, agent_id, n, None) if self.engine is not None else []
         found = [unpack_entry(value) for value in stm_values]
         found += [unpack_entry(value, compressed=True) for value in im_values]
         if len(found) < n and self.engine is not None:
-            below = found[-1]["step_number"] if found else None
-            found += self._sql_recent(simulation_id, agent_id, n - len(found), below)
+            found += self._sql_recent(simulation_id, agent_id, n - len(found), found[-1]["step_number"])
         return found
 
     def state_at(self, simulation_id: str, agent_id: str, step: int) -> dict[str, Any] | None:

@@ -144,35 +144,43 @@ def unpack_entry(data: bytes, compressed: bool = False) -> dict[str, Any]:
 
 # KEYS: stm entries, stm compressed copies, stm timeline, im entries, im timeline.
 # ARGV: stm ttl, stm limit, im ttl, im limit, then (step, entry, compressed entry) triples.
+# Trimmed after every insert, so no key ever holds more than its limit + 1 entries: Redis keeps
+# small sorted sets in their compact encoding, and memory per agent does not depend on how many
+# steps one batch carries. Invariant for readers: the IM holds the steps just below the STM's,
+# without holes. So a tier that lost a key (evicted, expired) is cleared, not patched, and the IM
+# is cleared whenever the STM starts afresh; readers then get those steps from SQL.
 STORE_SCRIPT = """
 local stm_ttl, stm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local im_ttl, im_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stm_present = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3])
+local im_present = redis.call('EXISTS', KEYS[4], KEYS[5])
+if stm_present < 3 or im_present == 1 then
+  if stm_present > 0 and stm_present < 3 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
+  if im_present > 0 then redis.call('DEL', KEYS[4], KEYS[5]) end
+end
+local moved = 0
 for i = 5, #ARGV, 3 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
   redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i])
-end
-local moved = 0
-local over = redis.call('ZCARD', KEYS[3]) - stm_limit
-if over > 0 then
-  for _, step in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do
+  if redis.call('ZCARD', KEYS[3]) > stm_limit then
+    local step = redis.call('ZPOPMIN', KEYS[3])[1]
     local packed = redis.call('HGET', KEYS[2], step)
+    redis.call('HDEL', KEYS[1], step)
+    redis.call('HDEL', KEYS[2], step)
     if packed then
       redis.call('HSET', KEYS[4], step, packed)
       redis.call('ZADD', KEYS[5], step, step)
       moved = moved + 1
+      if redis.call('ZCARD', KEYS[5]) > im_limit then
+        redis.call('HDEL', KEYS[4], redis.call('ZPOPMIN', KEYS[5])[1])
+      end
+    else
+      redis.call('DEL', KEYS[4], KEYS[5])
     end
-    redis.call('HDEL', KEYS[1], step)
-    redis.call('HDEL', KEYS[2], step)
   end
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, over - 1)
-  local im_over = redis.call('ZCARD', KEYS[5]) - im_limit
-  if im_over > 0 then
-    for _, step in ipairs(redis.call('ZRANGE', KEYS[5], 0, im_over - 1)) do
-      redis.call('HDEL', KEYS[4], step)
-    end
-    redis.call('ZREMRANGEBYRANK', KEYS[5], 0, im_over - 1)
-  end
+end
+if moved > 0 then
   redis.call('EXPIRE', KEYS[4], im_ttl)
   redis.call('EXPIRE', KEYS[5], im_ttl)
 end
