@@ -48,7 +48,8 @@ _MEM_LEVEL = 1
 
 def _check_tier(config: Any) -> None:
     if not isinstance(config.namespace, str) or not config.namespace or set("{}") & set(config.namespace):
-        raise ConfigurationError(f"tier namespace must be a non-empty string without braces, got {config.namespace!r}")
+        raise ConfigurationError(
+            f"tier namespace must be a non-empty string without braces, got {config.namespace!r}")
     for name in ("ttl_s", "memory_limit"):
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -69,13 +69,13 @@ class FlushReport:
 class StreamProducer:
     """Buffers a simulation's records and streams them to Redis from a background thread.
 
-    With ``recent_state=True`` (or a tier config), every batch's pipeline also writes its agent
-    states into the Redis short-term tier (see :mod:`common.tiers`); off, it costs nothing.
-
     Guarantees: ``log()`` never waits for the network and never raises because Redis is slow or
     down (only for a programming error: unknown kind or field names); every record keeps a key
     (producer id, sequence number) so a copy sent twice is written once; ``close()`` sends
     everything, then marks the simulation complete so consumers can finish it.
+
+    With ``recent_state=True`` (or a tier config), every batch's pipeline also writes its agent
+    states into the Redis recent-state tiers (see :mod:`common.tiers`); off, it costs nothing.
     """
 
     def __init__(self, simulation_id: str, redis_url: str | None = None, *,

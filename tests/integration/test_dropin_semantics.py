@@ -37,7 +37,8 @@ def log_agent(logger: RedisBufferedDataLogger, agent_id: str = "a1") -> None:
 
 def rows(engine, table, simulation_id):
     with engine.connect() as connection:
-        return [dict(r._mapping) for r in connection.execute(select(table).where(table.c.simulation_id == simulation_id))]
+        query = select(table).where(table.c.simulation_id == simulation_id)
+        return [dict(r._mapping) for r in connection.execute(query)]
 
 
 def run_part(redis_server, namespace, simulation_id, body) -> None:

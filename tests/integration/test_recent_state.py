@@ -186,7 +186,8 @@ def test_a_tier_that_lost_a_key_is_cleared_so_redis_never_answers_with_a_hole(
     # Given: steps 1..20 persisted; STM holds 16..20, IM 8..15; then the STM timeline is evicted
     logger = run(redis_server, namespace, simulation_id, steps=20)
     assert logger.flush_all_buffers().all_in_redis
-    stm_hash, stm_staged, stm_timeline, im_hash, im_timeline = TierKeys(namespace, STM, IM).all_keys(simulation_id, "a1")
+    keys = TierKeys(namespace, STM, IM).all_keys(simulation_id, "a1")
+    stm_hash, _, stm_timeline, im_hash, im_timeline = keys
     client.delete(stm_timeline)
     reader = RecentStates(client, namespace, STM, IM, engine=None)
     # Then: Redis cannot vouch for the newest steps, so it does not answer (IM's 15..8 would be stale)
