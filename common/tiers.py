@@ -151,44 +151,51 @@ def unpack_entry(data: bytes, compressed: bool = False) -> dict[str, Any]:
 # without holes. So a tier that lost a key (evicted, expired) is cleared, not patched, and the IM
 # is cleared whenever the STM starts afresh; readers then get those steps from SQL.
 STORE_SCRIPT = """
-local stm_ttl, stm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local im_ttl, im_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local stm_present = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3])
-local im_present = redis.call('EXISTS', KEYS[4], KEYS[5])
-if stm_present < 3 or im_present == 1 then
-  if stm_present > 0 and stm_present < 3 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
-  if im_present > 0 then redis.call('DEL', KEYS[4], KEYS[5]) end
-end
-local moved = 0
-for i = 5, #ARGV, 3 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i])
-  if redis.call('ZCARD', KEYS[3]) > stm_limit then
-    local step = redis.call('ZPOPMIN', KEYS[3])[1]
-    local packed = redis.call('HGET', KEYS[2], step)
-    redis.call('HDEL', KEYS[1], step)
-    redis.call('HDEL', KEYS[2], step)
-    if packed then
-      redis.call('HSET', KEYS[4], step, packed)
-      redis.call('ZADD', KEYS[5], step, step)
-      moved = moved + 1
-      if redis.call('ZCARD', KEYS[5]) > im_limit then
-        redis.call('HDEL', KEYS[4], redis.call('ZPOPMIN', KEYS[5])[1])
+local function store()
+  local stm_ttl, stm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local im_ttl, im_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local stm_present = redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3])
+  local im_present = redis.call('EXISTS', KEYS[4], KEYS[5])
+  if stm_present < 3 or im_present == 1 then
+    if stm_present > 0 and stm_present < 3 then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
+    if im_present > 0 then redis.call('DEL', KEYS[4], KEYS[5]) end
+  end
+  local moved = 0
+  for i = 5, #ARGV, 3 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i])
+    if redis.call('ZCARD', KEYS[3]) > stm_limit then
+      local step = redis.call('ZPOPMIN', KEYS[3])[1]
+      local packed = redis.call('HGET', KEYS[2], step)
+      redis.call('HDEL', KEYS[1], step)
+      redis.call('HDEL', KEYS[2], step)
+      if packed then
+        redis.call('HSET', KEYS[4], step, packed)
+        redis.call('ZADD', KEYS[5], step, step)
+        moved = moved + 1
+        if redis.call('ZCARD', KEYS[5]) > im_limit then
+          redis.call('HDEL', KEYS[4], redis.call('ZPOPMIN', KEYS[5])[1])
+        end
+      else
+        redis.call('DEL', KEYS[4], KEYS[5])
       end
-    else
-      redis.call('DEL', KEYS[4], KEYS[5])
     end
   end
+  if moved > 0 then
+    redis.call('EXPIRE', KEYS[4], im_ttl)
+    redis.call('EXPIRE', KEYS[5], im_ttl)
+  end
+  redis.call('EXPIRE', KEYS[1], stm_ttl)
+  redis.call('EXPIRE', KEYS[2], stm_ttl)
+  redis.call('EXPIRE', KEYS[3], stm_ttl)
+  return moved
 end
-if moved > 0 then
-  redis.call('EXPIRE', KEYS[4], im_ttl)
-  redis.call('EXPIRE', KEYS[5], im_ttl)
-end
-redis.call('EXPIRE', KEYS[1], stm_ttl)
-redis.call('EXPIRE', KEYS[2], stm_ttl)
-redis.call('EXPIRE', KEYS[3], stm_ttl)
-return moved
+-- A cache must never fail the pipeline that carries the stream's XADDs: an error (a key of the
+-- wrong type, say) leaves this agent's tiers as they are and answers -1.
+local ok, moved = pcall(store)
+if ok then return moved end
+return -1
 """
 STORE_SHA = hashlib.sha1(STORE_SCRIPT.encode()).hexdigest()
 

@@ -203,3 +203,15 @@ def test_a_tier_that_lost_a_key_is_cleared_so_redis_never_answers_with_a_hole(
     assert sorted(int(f) for f in client.hkeys(stm_hash)) == [21]
     full = RecentStates(client, namespace, STM, IM, engine=sink_engine)
     assert full.recent_states(simulation_id, "a1", 4) == [expected_entry("a1", s) for s in (21, 20, 19, 18)]
+
+
+def test_a_failing_tier_write_never_holds_up_the_stream(redis_server, client, namespace, simulation_id):
+    # Given: a1's short-term timeline key taken by a value of the wrong type
+    keys = TierKeys(namespace, STM, IM)
+    client.set(keys.stm_keys(simulation_id, "a1")[2], b"not a sorted set")
+    # When: both agents log
+    logger = run(redis_server, namespace, simulation_id, steps=10)
+    report = logger.close()
+    # Then: every record is in the stream, nothing journaled, and a2's tiers are whole
+    assert report.all_in_redis and report.journaled == 0 and logger.producer.stats()["failed_attempts"] == 0
+    assert steps_in(client, keys.stm_keys(simulation_id, "a2")[2]) == list(range(6, 11))
