@@ -206,9 +206,10 @@ def test_a_tier_that_lost_a_key_is_cleared_so_redis_never_answers_with_a_hole(
 
 
 def test_a_failing_tier_write_never_holds_up_the_stream(redis_server, client, namespace, simulation_id):
-    # Given: a1's short-term timeline key taken by a value of the wrong type
+    # Given: a1's short-term keys taken by values of the wrong type
     keys = TierKeys(namespace, STM, IM)
-    client.set(keys.stm_keys(simulation_id, "a1")[2], b"not a sorted set")
+    for key in keys.stm_keys(simulation_id, "a1"):
+        client.set(key, b"not a hash or a sorted set")
     # When: both agents log
     logger = run(redis_server, namespace, simulation_id, steps=10)
     report = logger.close()
