@@ -8,9 +8,11 @@ import json
 from collections import defaultdict
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
+from common import RecentStates, RedisSTMConfig
 from producer import RedisBufferedDataLogger
 from tests.reference_models import AUTOINCREMENT_KEYS, MODELS, Simulation
 
@@ -172,11 +174,13 @@ def _canonical(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(json.dumps(row, sort_keys=True) for row in rows)
 
 
+@pytest.mark.parametrize("recent_state", [False, True], ids=["plain", "recent-state"])
 def test_a_reference_style_run_reads_back_column_for_column_through_reference_models(
-        redis_server, cli, sqlite_url, simulation_id, namespace):
+        redis_server, cli, sqlite_url, simulation_id, namespace, recent_state):
     # Given: a run that calls every logger method as the reference simulation does
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace,
-                                     experiment_id="exp-7", parameters={"agents": 6, "steps": 8})
+                                     experiment_id="exp-7", parameters={"agents": 6, "steps": 8},
+                                     redis_stm_config=RedisSTMConfig(memory_limit=3) if recent_state else None)
     run = ReferenceRun(logger)
     run.setup(agents=6, resources=3)
     for step in range(1, 9):
@@ -200,4 +204,12 @@ def test_a_reference_style_run_reads_back_column_for_column_through_reference_mo
         assert (simulation.experiment_id, simulation.status, simulation.parameters) == (
             "exp-7", "completed", {"agents": 6, "steps": 8})
         assert simulation.end_time >= simulation.start_time > 0 and simulation.results_summary is None
+    if recent_state:  # the tiers (3 steps in STM, 2 from IM) answer exactly what SQL holds
+        client = redis_server.client()
+        tiers = RecentStates(client, namespace, RedisSTMConfig(memory_limit=3))
+        sql_only = RecentStates(client, "a-namespace-without-tiers", engine=engine)
+        for agent_id in run.alive:
+            sql_rows = sql_only.recent_states(simulation_id, agent_id, 5)
+            assert tiers.recent_states(simulation_id, agent_id, 5) == sql_rows and len(sql_rows) == 5
+        client.close()
     engine.dispose()
