@@ -5,10 +5,13 @@ from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, Gr
                            RecordError, RedisUnavailable, SimstreamError, TransientError)
 from common.keys import Keys
 from common.records import KINDS, RecordKind
+from common.recent_state import RecentStates
 from common.settings import ConsumerSettings, ProducerSettings
+from common.tiers import RedisIMConfig, RedisSTMConfig, TierWriter
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
     "GroupMissing", "Keys", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
-    "RedisUnavailable", "SimstreamError", "TransientError", "decode", "make_encoder",
+    "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SimstreamError", "TierWriter",
+    "TransientError", "decode", "make_encoder",
 ]

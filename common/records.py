@@ -53,7 +53,8 @@ class RecordKind:
     ``record_key`` and a replay is ignored by its unique index. Otherwise the table's own primary
     key makes the insert idempotent. ``merge_columns``: on conflict these columns take the new
     values (upsert) instead of the insert being ignored; ``keep_existing`` columns keep a value
-    already written. ``json_text``: dict fields stored as JSON text, as the reference does.
+    already written. ``json_text``: dict fields stored as JSON text, as the reference does (keys in
+the order the simulation gave them, which msgpack preserves).
     """
 
     name: str
@@ -97,7 +98,7 @@ class RecordKind:
             row[spec.name] = _checked_value(self.name, spec, fields.get(spec.name))
         for column in self.json_text:
             if row[column] is not None:
-                row[column] = json.dumps(row[column], sort_keys=True)
+                row[column] = json.dumps(row[column])
         if self.keyed_by_record:
             row["record_key"] = record_key
         if self.derive is not None:
@@ -132,6 +133,9 @@ _METRICS = (
     opt("dominant_genome_ratio", FLOAT), opt("resources_consumed", FLOAT),
 )
 
+_AGENT_COLUMNS = ("birth_time", "agent_type", "position_x", "position_y", "initial_resources",
+                  "starting_health", "genome_id", "generation", "action_weights")
+
 METRIC_NAMES = tuple(spec.name for spec in _METRICS)
 """The ``simulation_steps`` metric columns a step record may carry."""
 
@@ -155,11 +159,19 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
          req("position_x", FLOAT), req("position_y", FLOAT), req("initial_resources", FLOAT),
          req("starting_health", FLOAT), opt("genome_id", STR), opt("generation", INT, 0),
          opt("action_weights", JSON_VALUE), opt("death_time", INT)),
+        # An upsert, not an ignored duplicate: a death that committed first left a row holding
+        # only death_time; the agent's columns fill it and its death_time is kept.
+        merge_columns=_AGENT_COLUMNS, keep_existing=("death_time",),
+    ),
+    RecordKind(
+        "agent_death", schema.agents,
+        (req("agent_id", STR), req("death_time", INT)),
+        merge_columns=("death_time",),
     ),
     RecordKind(
         "agent_state", schema.agent_states,
         (req("step_number", INT), req("agent_id", STR), req("position_x", FLOAT),
-         req("position_y", FLOAT), opt("position_z", FLOAT, 0.0), req("resource_level", FLOAT),
+         req("position_y", FLOAT), opt("position_z", FLOAT), req("resource_level", FLOAT),
          req("current_health", FLOAT), req("starting_health", FLOAT),
          req("starvation_counter", INT), req("is_defending", BOOL), req("total_reward", FLOAT),
          req("age", INT)),

@@ -1,14 +1,19 @@
 """RedisBufferedDataLogger: the reference simulation's logger methods, streaming to Redis.
 
-Same method names, argument names and defaults as the reference ``DataLogger``; each call becomes
-one or more :class:`StreamProducer` records, so the simulation pays microseconds per row instead
-of an ORM flush.
+Same method names, argument names, defaults and validation as the reference ``DataLogger``
+(and its database's ``update_agent_death``); each call becomes one or more
+:class:`StreamProducer` records, so the simulation pays microseconds per row instead of an ORM
+flush. Validation is the reference's, no more: a negative ``step_number`` is a ValueError in
+``log_agent_action`` and ``log_interaction_edge``, a batch agent without a required key is a
+ValueError, and a state tuple of the wrong length is a ValueError.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from common.records import KINDS
+from common.tiers import RedisIMConfig, RedisSTMConfig
 from producer.stream_producer import FlushReport, StreamProducer
 
 _AGENT_STATE_COLUMNS = ("agent_id", "position_x", "position_y", "resource_level", "current_health",
@@ -16,6 +21,7 @@ _AGENT_STATE_COLUMNS = ("agent_id", "position_x", "position_y", "resource_level"
 _RESOURCE_STATE_COLUMNS = ("resource_id", "amount", "position_x", "position_y")
 _AGENT_KEYS = ("agent_id", "birth_time", "agent_type", "position", "initial_resources",
                "starting_health")
+_DEATH_DETAILS = {"final_state": "dead"}
 
 
 def _check_step(step_number: int) -> None:
@@ -26,15 +32,21 @@ def _check_step(step_number: int) -> None:
 class RedisBufferedDataLogger:
     """A drop-in for the reference ``DataLogger`` that writes through Redis Streams.
 
-    Validation matches the reference (a negative step number is a ValueError). Buffering and
-    flushing are the producer's: ``flush_all_buffers()`` waits until everything is in Redis,
-    ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes continuously).
+    Buffering and flushing are the producer's: ``flush_all_buffers()`` waits until everything is
+    in Redis, ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes
+    continuously). With ``recent_state=True`` (or a ``redis_stm_config`` / ``redis_im_config``)
+    each agent's latest states are also kept in the Redis short-term and intermediate tiers, read
+    back with :class:`common.recent_state.RecentStates`.
     """
 
     def __init__(self, simulation_id: str, redis_url: str | None = None, *,
-                 producer: StreamProducer | None = None, **producer_options: Any) -> None:
+                 producer: StreamProducer | None = None, recent_state: bool = False,
+                 redis_stm_config: RedisSTMConfig | None = None,
+                 redis_im_config: RedisIMConfig | None = None, **producer_options: Any) -> None:
         self.simulation_id = simulation_id
-        self.producer = producer or StreamProducer(simulation_id, redis_url, **producer_options)
+        self.producer = producer or StreamProducer(
+            simulation_id, redis_url, recent_state=recent_state, redis_stm_config=redis_stm_config,
+            redis_im_config=redis_im_config, **producer_options)
 
     def log_agent_action(self, step_number: int, agent_id: str, action_type: str,
                          action_target_id: str | None = None, reward: float | None = None,
@@ -57,10 +69,20 @@ class RedisBufferedDataLogger:
     def log_health_incident(self, step_number: int, agent_id: str, health_before: float,
                             health_after: float, cause: str, details: dict | None = None) -> None:
         """One ``health_incidents`` row."""
-        _check_step(step_number)
         self.producer.log("health_incident", step_number=step_number, agent_id=agent_id,
                           health_before=health_before, health_after=health_after, cause=cause,
                           details=details or None)
+
+    def update_agent_death(self, agent_id: str, death_time: int, cause: str = "starvation") -> None:
+        """The agent's death: ``agents.death_time`` set and a ``health_incidents`` row (health 0
+        to 0, ``cause``, details ``{"final_state": "dead"}``), as the reference records it.
+
+        Safe at least once and in any order: if the death commits before the agent's own row
+        (another consumer, a later batch), the agent row fills in the rest and keeps death_time.
+        """
+        self.producer.log("agent_death", agent_id=agent_id, death_time=death_time)
+        self.producer.log("health_incident", step_number=death_time, agent_id=agent_id,
+                          health_before=0.0, health_after=0.0, cause=cause, details=dict(_DEATH_DETAILS))
 
     def log_agent(self, agent_id: str, birth_time: int, agent_type: str,
                   position: Sequence[float], initial_resources: float, starting_health: float,
@@ -75,10 +97,12 @@ class RedisBufferedDataLogger:
 
     def log_agents_batch(self, agent_data_list: Iterable[Mapping[str, Any]]) -> None:
         """Several ``agents`` rows; each dict has ``log_agent``'s keys (``simulation_id`` ignored)."""
-        for data in agent_data_list:
+        agent_data_list = list(agent_data_list)
+        for data in agent_data_list:  # all checks first: a rejected batch logs nothing, as in one transaction
             missing = [key for key in _AGENT_KEYS if key not in data]
             if missing:
                 raise ValueError(f"Missing required field '{missing[0]}' in agent data")
+        for data in agent_data_list:
             self.log_agent(data["agent_id"], data["birth_time"], data["agent_type"],
                            data["position"], data["initial_resources"], data["starting_health"],
                            genome_id=data.get("genome_id"), generation=data.get("generation", 0),
@@ -86,15 +110,21 @@ class RedisBufferedDataLogger:
 
     def log_step(self, step_number: int, agent_states: Iterable[Sequence[Any]],
                  resource_states: Iterable[Sequence[Any]], metrics: Mapping[str, Any]) -> None:
-        """One ``agent_states`` row per state tuple, one ``resource_states`` row per resource
-        tuple and one ``simulation_steps`` row with ``metrics``."""
-        _check_step(step_number)
+        """One ``agent_states`` row per agent (the last tuple wins if an agent appears twice, as in
+        the reference), one ``resource_states`` row per resource tuple and one
+        ``simulation_steps`` row with ``metrics`` (``resources_consumed`` defaults to 0.0)."""
+        latest = {state[0]: state for state in agent_states}
+        states = [_columns(_AGENT_STATE_COLUMNS, state) for state in latest.values()]
+        resources = [_columns(_RESOURCE_STATE_COLUMNS, resource) for resource in resource_states]
+        step = {"step_number": step_number, "resources_consumed": 0.0, **metrics}
+        KINDS["simulation_step"].check_names(step)  # all checks first: a rejected call logs nothing
         log = self.producer.log
-        for state in agent_states:
-            log("agent_state", step_number=step_number, **_columns(_AGENT_STATE_COLUMNS, state))
-        for resource in resource_states:
-            log("resource_state", step_number=step_number, **_columns(_RESOURCE_STATE_COLUMNS, resource))
-        log("simulation_step", step_number=step_number, **metrics)
+        for columns in states:
+            columns["is_defending"] = bool(columns["is_defending"])
+            log("agent_state", step_number=step_number, **columns)
+        for columns in resources:
+            log("resource_state", step_number=step_number, **columns)
+        log("simulation_step", **step)
 
     def log_resource(self, resource_id: int, initial_amount: float, position: Sequence[float]) -> None:
         """A resource's initial state: a ``resource_states`` row at step 0."""
@@ -106,10 +136,10 @@ class RedisBufferedDataLogger:
                              action_type: str | None = None, details: dict | None = None) -> None:
         """One ``interactions`` row."""
         _check_step(step_number)
-        self.producer.log("interaction", step_number=step_number, source_type=source_type,
-                          source_id=source_id, target_type=target_type, target_id=target_id,
-                          interaction_type=interaction_type, action_type=action_type,
-                          details=details)
+        self.producer.log("interaction", step_number=step_number, source_type=str(source_type),
+                          source_id=str(source_id), target_type=str(target_type),
+                          target_id=str(target_id), interaction_type=str(interaction_type),
+                          action_type=str(action_type) if action_type else None, details=details)
 
     def log_reproduction_event(self, step_number: int, parent_id: str, offspring_id: str | None,
                                success: bool, parent_resources_before: float,
@@ -119,7 +149,6 @@ class RedisBufferedDataLogger:
                                offspring_generation: int | None,
                                parent_position: Sequence[float]) -> None:
         """One ``reproduction_events`` row."""
-        _check_step(step_number)
         self.producer.log("reproduction_event", step_number=step_number, parent_id=parent_id,
                           offspring_id=offspring_id, success=success,
                           parent_resources_before=parent_resources_before,
@@ -135,6 +164,18 @@ class RedisBufferedDataLogger:
 
     def flush_if_needed(self) -> None:
         """Kept for the reference protocol: the sender thread already flushes continuously."""
+
+    def discard_pending_agents(self, agent_ids: Iterable[str]) -> int:
+        """Drop ``agents`` rows logged for ``agent_ids`` that have not left this process yet;
+        return how many were dropped.
+
+        "Pending" is exact: an agent row is pending until the producer's sender thread takes it
+        from the buffer (normally within ``flush_interval_s`` of logging it, at once after
+        ``flush_all_buffers()``). A dropped row never reaches Redis or SQL; a row already taken
+        is persisted and is not counted. Only ``agents`` rows are dropped, not the agent's
+        states, actions or death. Call it from the thread that logs.
+        """
+        return self.producer.discard_pending("agent", "agent_id", agent_ids)
 
     def close(self, timeout_s: float | None = None) -> FlushReport:
         """Send everything and mark the simulation complete."""

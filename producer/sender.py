@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 BufferedRecord = tuple[str, int, dict[str, Any]]
 """(kind, seq, fields) as ``log()`` leaves it for the sender."""
 
+PipelineExtras = Callable[[list[BufferedRecord]], list[tuple[Any, ...]]]
+"""Given a batch, Redis commands to send in the same pipeline as its XADDs (computed once per
+batch, outside the retry loop); see ``BatchSender.pipeline_extras``."""
+
 
 @dataclass
 class SenderStats:
@@ -72,6 +76,8 @@ class BatchSender(threading.Thread):
         self.journal = Journal(journal_path(settings.journal_dir, simulation_id, producer_id), settings.journal_fsync)
         self.wake = threading.Event()
         self.progress = threading.Condition()
+        self.hand_off = threading.Lock()  # held while taking a batch; lets the producer recall records
+        self.pipeline_extras: PipelineExtras | None = None
         self.handed_off_seq = 0
         self.in_journal = 0
         self.throttle = False
@@ -126,9 +132,13 @@ class BatchSender(threading.Thread):
         popleft = self.buffer.popleft
         while self.buffer:
             # Only this thread pops, so len() is a lower bound while log() keeps appending.
-            batch = [popleft() for _ in range(min(len(self.buffer), self.settings.batch_size))]
+            with self.hand_off:
+                batch = [popleft() for _ in range(min(len(self.buffer), self.settings.batch_size))]
+            if not batch:  # the producer recalled what was left
+                break
             payloads = [self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in batch]
-            if self.journaling or not self._send_with_retry(self._send_batch, payloads, batch[-1][1]):
+            extras = () if self.pipeline_extras is None or self.journaling else self.pipeline_extras(batch)
+            if self.journaling or not self._send_with_retry(self._send_batch, payloads, batch[-1][1], extras):
                 self._to_journal(payloads)
             else:
                 self.stats.sent += len(batch)
@@ -160,11 +170,13 @@ class BatchSender(threading.Thread):
             self._client = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
         return self._client
 
-    def _send_batch(self, payloads: list[bytes], last_seq: int) -> None:
+    def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
         pipe = self._redis().pipeline(transaction=False)
         for payload in payloads:
             # execute_command skips redis-py's argument handling in xadd(); no MAXLEN, ever.
             pipe.execute_command("XADD", self.stream_key, "*", ENTRY_FIELD, payload)
+        for command in extras:
+            pipe.execute_command(*command)
         pipe.sadd(self.keys.registry, self.simulation_id)
         pipe.hset(self.meta_key, f"seq:{self.producer_id}", last_seq)
         pipe.xlen(self.stream_key)

@@ -17,11 +17,12 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
 from common.settings import ProducerSettings
+from common.tiers import RedisIMConfig, RedisSTMConfig, TierWriter
 from producer.sender import BatchSender, BufferedRecord
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,16 @@ class StreamProducer:
     down (only for a programming error: unknown kind or field names); every record keeps a key
     (producer id, sequence number) so a copy sent twice is written once; ``close()`` sends
     everything, then marks the simulation complete so consumers can finish it.
+
+    With ``recent_state=True`` (or a tier config), every batch's pipeline also writes its agent
+    states into the Redis recent-state tiers (see :mod:`common.tiers`); off, it costs nothing.
     """
 
     def __init__(self, simulation_id: str, redis_url: str | None = None, *,
                  settings: ProducerSettings | None = None, experiment_id: str | None = None,
-                 parameters: dict[str, Any] | None = None, **setting_overrides: Any) -> None:
+                 parameters: dict[str, Any] | None = None, recent_state: bool = False,
+                 redis_stm_config: RedisSTMConfig | None = None, redis_im_config: RedisIMConfig | None = None,
+                 **setting_overrides: Any) -> None:
         self.simulation_id = validate_simulation_id(simulation_id)
         self.settings = settings or ProducerSettings.from_env(redis_url=redis_url, **setting_overrides)
         self.producer_id = secrets.token_hex(8)
@@ -88,6 +94,9 @@ class StreamProducer:
         self._close_lock = threading.Lock()
         self._sender = BatchSender(self.simulation_id, self.producer_id, self._buffer,
                                    self.settings, self.keys)
+        if recent_state or redis_stm_config or redis_im_config:
+            tiers = TierWriter(self.settings.namespace, redis_stm_config, redis_im_config)
+            self._sender.pipeline_extras = tiers.batch_hook(self.simulation_id)
         self._sender.start()
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
@@ -109,6 +118,28 @@ class StreamProducer:
             self._sender.wake.set()
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
+
+    def discard_pending(self, kind: str, field: str, values: Iterable[Any]) -> int:
+        """Recall records of ``kind`` whose ``field`` is in ``values`` and that the sender thread
+        has not taken yet; return how many were recalled.
+
+        A recalled record never reaches Redis. A record the sender has already taken (usually within
+        ``flush_interval_s`` of ``log()``) is on its way and is not recalled. The records still
+        waiting are renumbered so that sequence numbers stay contiguous (none of them has been
+        sent, so none has an identity anywhere yet). Call it from the thread that calls ``log()``.
+        """
+        wanted = set(values)
+        with self._sender.hand_off:
+            waiting = list(self._buffer)
+            kept = [record for record in waiting if record[0] != kind or record[2].get(field) not in wanted]
+            recalled = len(waiting) - len(kept)
+            if recalled:
+                first_seq = waiting[0][1]
+                self._buffer.clear()
+                self._buffer.extend((k, first_seq + i, fields) for i, (k, _, fields) in enumerate(kept))
+                self._last_seq -= recalled
+                self._next_seq = itertools.count(self._last_seq + 1).__next__
+        return recalled
 
     def flush(self, timeout_s: float | None = None) -> FlushReport:
         """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""

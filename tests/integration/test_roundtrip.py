@@ -76,7 +76,7 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
     assert {k: v for k, v in action.items() if k not in ("action_id", "record_key")} == {
         "simulation_id": simulation_id, "step_number": 1, "agent_id": "a1", "action_type": "attack",
         "action_target_id": "a2", "reward": 0.25, "module_type": "dqn", "module_id": "m1",
-        "details": json.dumps({"action_taken": 3, "action_taken_mapped": "attack", "dx": 1}, sort_keys=True)}
+        "details": json.dumps({"dx": 1, "action_taken": 3, "action_taken_mapped": "attack"})}
     assert action["record_key"].startswith(logger.producer.producer_id + ":")
 
     [incident] = rows(sink_engine, schema.health_incidents, simulation_id)
@@ -85,7 +85,7 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
 
     [state] = rows(sink_engine, schema.agent_states, simulation_id)
     assert state == {"id": f"{simulation_id}:a1-1", "simulation_id": simulation_id, "step_number": 1,
-                     "agent_id": "a1", "position_x": 1.5, "position_y": 2.5, "position_z": 0.0,
+                     "agent_id": "a1", "position_x": 1.5, "position_y": 2.5, "position_z": None,
                      "resource_level": 4.0, "current_health": 9.0, "starting_health": 10.0,
                      "starvation_counter": 1, "is_defending": True, "total_reward": 0.25, "age": 1}
 

@@ -1,0 +1,141 @@
+"""The logger's semantics beyond signatures: deaths in any order and more than once, recalling
+pending agents, and the reference's validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from common import schema
+from common.codec import decode
+from common.settings import ConsumerSettings
+from consumer.worker import Worker
+from producer import RedisBufferedDataLogger
+
+AGENT_COLUMNS = {"birth_time": 0, "agent_type": "system", "position_x": 1.0, "position_y": 2.0,
+                 "initial_resources": 5.0, "starting_health": 10.0, "genome_id": "g1", "generation": 1,
+                 "action_weights": {"move": 1.0}}
+
+
+def drain(redis_url: str, db_url: str, namespace: str, slot: int) -> Worker:
+    """One in-process consumer (its own name) until every simulation is persisted."""
+    settings = ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace, drain=True,
+                                block_ms=100, discover_interval_ms=50)
+    worker = Worker(settings, slot=slot, name=f"consumer-{slot}")
+    assert worker.run() == 0
+    return worker
+
+
+def log_agent(logger: RedisBufferedDataLogger, agent_id: str = "a1") -> None:
+    c = AGENT_COLUMNS
+    logger.log_agent(agent_id, c["birth_time"], c["agent_type"], (c["position_x"], c["position_y"]),
+                     c["initial_resources"], c["starting_health"], genome_id=c["genome_id"],
+                     generation=c["generation"], action_weights=c["action_weights"])
+
+
+def rows(engine, table, simulation_id):
+    with engine.connect() as connection:
+        query = select(table).where(table.c.simulation_id == simulation_id)
+        return [dict(r._mapping) for r in connection.execute(query)]
+
+
+def run_part(redis_server, namespace, simulation_id, body) -> None:
+    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
+    body(logger)
+    assert logger.close().all_in_redis
+
+
+def test_a_death_and_states_committed_before_their_agent_row_end_complete(
+        redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+    # Given: a consumer commits the agent's states, action and death before its agent row exists
+    def before(logger):
+        logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1)], [], {"total_agents": 1})
+        logger.log_agent_action(2, "a1", "move")
+        logger.update_agent_death("a1", 3, cause="combat")
+    run_part(redis_server, namespace, simulation_id, before)
+    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    [placeholder] = rows(sink_engine, schema.agents, simulation_id)
+    assert placeholder["death_time"] == 3 and placeholder["agent_type"] is None
+
+    # When: another consumer commits the agent row afterwards, then the agent row and the death
+    # are delivered once more (at-least-once)
+    run_part(redis_server, namespace, simulation_id, log_agent)
+    drain(redis_server.url, sqlite_url, namespace, slot=1)
+    run_part(redis_server, namespace, simulation_id,
+             lambda logger: (log_agent(logger), logger.update_agent_death("a1", 3, cause="combat")))
+    drain(redis_server.url, sqlite_url, namespace, slot=2)
+
+    # Then: one complete agent row, death_time kept, every dependent row present
+    [agent] = rows(sink_engine, schema.agents, simulation_id)
+    assert agent == {"simulation_id": simulation_id, "agent_id": "a1", "death_time": 3, **AGENT_COLUMNS}
+    assert [s["id"] for s in rows(sink_engine, schema.agent_states, simulation_id)] == [f"{simulation_id}:a1-1"]
+    assert len(rows(sink_engine, schema.agent_actions, simulation_id)) == 1
+    deaths = rows(sink_engine, schema.health_incidents, simulation_id)
+    assert len(deaths) == 2  # two deaths logged, each its own incident, as the reference would write
+    assert {(d["step_number"], d["health_before"], d["health_after"], d["cause"], d["details"]) for d in deaths} == {
+        (3, 0.0, 0.0, "combat", json.dumps({"final_state": "dead"}))}
+
+
+def test_agent_row_then_death_gives_the_same_row(redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+    run_part(redis_server, namespace, simulation_id, log_agent)
+    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    run_part(redis_server, namespace, simulation_id, lambda logger: logger.update_agent_death("a1", 7))
+    drain(redis_server.url, sqlite_url, namespace, slot=1)
+    [agent] = rows(sink_engine, schema.agents, simulation_id)
+    assert agent == {"simulation_id": simulation_id, "agent_id": "a1", "death_time": 7, **AGENT_COLUMNS}
+    [incident] = rows(sink_engine, schema.health_incidents, simulation_id)
+    assert incident["cause"] == "starvation"
+
+
+def stream_records(redis_server, namespace, simulation_id):
+    client = redis_server.client()
+    entries = client.xrange(f"{namespace}:{{{simulation_id}}}:stream")
+    client.close()
+    return [decode(fields[b"r"]) for _, fields in entries]
+
+
+def test_discard_pending_agents_recalls_exactly_the_agents_not_yet_taken(
+        redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+    # Given: a sender that does not take records until flushed, and three agents logged
+    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace,
+                                     flush_interval_s=60.0, batch_size=100_000)
+    for agent_id in ("a1", "a2", "a3"):
+        log_agent(logger, agent_id)
+    logger.log_step(1, [(a, 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1) for a in ("a1", "a2")], [], {})
+
+    # When: two of them (and an unknown id) are discarded while pending, then one after the flush
+    assert logger.discard_pending_agents(["a2", "a3", "nobody"]) == 2
+    assert logger.flush_all_buffers().all_in_redis
+    assert logger.discard_pending_agents(["a1"]) == 0
+    assert logger.close().complete
+
+    # Then: only a1's agent row was sent, the states were not touched, sequence numbers stay gapless
+    records = stream_records(redis_server, namespace, simulation_id)
+    assert [r.fields["agent_id"] for r in records if r.kind.name == "agent"] == ["a1"]
+    assert sorted(r.fields["agent_id"] for r in records if r.kind.name == "agent_state") == ["a1", "a2"]
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    assert [a["agent_id"] for a in rows(sink_engine, schema.agents, simulation_id)] == ["a1"]
+
+
+def test_validation_is_the_references_and_a_rejected_call_logs_nothing(redis_server, simulation_id, namespace):
+    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
+    logged = logger.producer.stats()["logged"]
+    with pytest.raises(ValueError, match="step_number must be non-negative"):
+        logger.log_agent_action(-1, "a1", "move")
+    with pytest.raises(ValueError, match="step_number must be non-negative"):
+        logger.log_interaction_edge(-1, "agent", "a1", "agent", "a2", "attack")
+    with pytest.raises(ValueError, match="Missing required field 'starting_health' in agent data"):
+        logger.log_agents_batch([{"agent_id": "a0", "birth_time": 0, "agent_type": "system", "position": (0, 0),
+                                  "initial_resources": 1.0, "starting_health": 10.0},
+                                 {"agent_id": "a1", "birth_time": 0, "agent_type": "system",
+                                  "position": (0, 0), "initial_resources": 1.0}])
+    with pytest.raises(ValueError, match="expected a tuple of 10 values"):
+        logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1), ("a2", 1.0)], [], {})
+    with pytest.raises(ValueError, match="unknown fields"):
+        logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1)], [(1, 2.0, 0.0, 0.0)],
+                        {"not_a_metric": 1})
+    assert logger.producer.stats()["logged"] == logged
+    logger.close()
