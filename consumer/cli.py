@@ -68,9 +68,16 @@ def cli() -> None:
 @click.option("--max-deliveries", type=click.IntRange(1), default=None,
               help="Dead-letter an entry delivered more times than this.")
 @click.option("--drain", is_flag=True, help="Exit 0 once every known simulation is complete and persisted.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="With --drain: show records persisted of logged (a bar on a terminal, else lines).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="SIMSTREAM_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (env SIMSTREAM_METRICS_PORT).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="SIMSTREAM_METRICS_HOST",
+              help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
 @_log_options
 def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, claim_idle_ms,
-            claim_interval_ms, max_deliveries, drain, log_level, log_json) -> None:
+            claim_interval_ms, max_deliveries, drain, progress, metrics_port, metrics_host, log_level,
+            log_json) -> None:
     """Run consumer processes that persist every simulation stream to SQL."""
     from consumer.supervisor import Supervisor
 
@@ -80,7 +87,9 @@ def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, cl
         group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
         claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain)
     preflight(settings)
-    sys.exit(int(Supervisor(settings, processes, log_level, log_json).run()))
+    supervisor = Supervisor(settings, processes, log_level, log_json, metrics_port=metrics_port,
+                            metrics_host=metrics_host, progress=progress)
+    sys.exit(int(supervisor.run()))
 
 
 def preflight(settings: ConsumerSettings) -> None:

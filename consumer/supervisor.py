@@ -3,6 +3,10 @@
 Each worker gets a fixed slot (0..N-1) and so a stable consumer name: a worker restarted after a
 crash replays the entries its predecessor held. A worker that exits 0 (stopped, or drained) is
 not restarted. The supervisor exits 0 only if every worker finished with 0.
+
+The supervisor also owns the run's metrics folder (workers count into it, see
+:mod:`consumer.metrics`), serves ``/metrics`` when given a port, shows ``--drain`` progress read
+from Redis, and logs one ``supervisor.summary`` line for the whole run when it exits.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from multiprocessing.process import BaseProcess
 
 from common.errors import ExitCode
 from common.settings import ConsumerSettings
-from consumer.worker import run_worker
+from consumer.metrics import MetricsDir
+from consumer.worker import consumer_name, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +35,12 @@ class Supervisor:
     """Keeps ``processes`` workers alive until they finish or a stop is requested."""
 
     def __init__(self, settings: ConsumerSettings, processes: int, log_level: str = "INFO",
-                 log_json: bool = False) -> None:
+                 log_json: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                 progress: bool = False) -> None:
         self.settings = settings
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.progress = progress
         self.processes = processes
         self.log_level = log_level
         self.log_json = log_json
@@ -44,6 +53,40 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and watch them; returns the exit code for the whole group."""
         self._install_signal_handlers()
+        metrics_dir = MetricsDir()
+        observers = []
+        try:
+            observers = self._start_observers(metrics_dir)
+            return self._supervise()
+        finally:
+            for observer in observers:
+                observer()
+            self._log_summary(metrics_dir)
+            metrics_dir.close()
+
+    def restarts_by_consumer(self) -> dict[str, int]:
+        """How often each worker slot was restarted after a crash, by consumer name."""
+        return {consumer_name(slot): count for slot, count in self._restarts.items()}
+
+    def _start_observers(self, metrics_dir: MetricsDir) -> list:
+        """Metrics endpoint and drain progress; returns their stop functions."""
+        from consumer.metrics_server import start_metrics_endpoint
+        from consumer.progress import start_drain_progress
+
+        stops = []
+        if self.metrics_port is not None:
+            stops.append(start_metrics_endpoint(self, metrics_dir))
+        if self.progress and self.settings.drain:
+            stops.append(start_drain_progress(self.settings))
+        return stops
+
+    def _log_summary(self, metrics_dir: MetricsDir) -> None:
+        totals = metrics_dir.totals()
+        log.info("supervisor.summary workers=%d restarts=%d persisted=%d dead_lettered=%d claimed=%d "
+                 "retried=%d batches=%d", self.processes, sum(self._restarts.values()), totals["persisted"],
+                 totals["dead_lettered"], totals["claimed"], totals["retried"], totals["batches"])
+
+    def _supervise(self) -> int:
         for slot in range(self.processes):
             self._start(slot)
         while len(self._finished) < self.processes:
