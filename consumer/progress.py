@@ -114,6 +114,7 @@ class DrainProgress:
 
     def _run(self) -> None:
         with ProgressDisplay("persisted", self.stream) as display:
+            display.update(*self.sample())  # at once: a simulation drained before a later sample still counts
             while not self._stop.wait(self.interval_s):
                 display.update(*self.sample())
             display.update(*self.sample())
