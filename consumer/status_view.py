@@ -8,11 +8,13 @@ otherwise, until Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from typing import Any, Callable
 
 import redis
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -59,8 +61,12 @@ def _duration(ms: int | None) -> str:
 
 
 def _consumers(stream: dict[str, Any]) -> str:
-    return "\n".join(f"{c['name']} ({c['pending']} pending, idle {_duration(c['idle_ms'])})"
-                     for c in stream["consumers"]) or "-"
+    return "\n".join(f"{c['name']} ({c['pending']}, {_duration(c['idle_ms'])})"
+                      for c in stream["consumers"]) or "-"
+
+
+_COLUMNS = ("simulation", "state", "health", "logged", "persisted", "lag", "pending", "oldest idle",
+            "dead letters", "consumers")
 
 
 def render_report(report: dict[str, Any]) -> RenderableType:
@@ -68,16 +74,18 @@ def render_report(report: dict[str, Any]) -> RenderableType:
     group = report["group"]
     if not report["streams"]:
         return Text(f"no simulation streams registered (group {group})")
-    table = Table(title=f"simstream streams (group {group})")
-    for column in ("simulation", "state", "health", "logged", "length", "persisted", "lag", "pending",
-                   "oldest pending (idle)", "dead letters", "consumers"):
-        table.add_column(column, justify="left" if column in ("simulation", "state", "health", "consumers")
-                         else "right")
+    table = Table(title=f"simstream streams (group {group})", box=box.SIMPLE_HEAD, title_justify="left",
+                  caption="consumers: name (pending entries, idle time); oldest idle: the oldest pending "
+                          "entry's time since delivery", caption_justify="left")
+    for column in _COLUMNS:
+        textual = column in _COLUMNS[:3] or column == _COLUMNS[-1]
+        table.add_column(column, justify="left" if textual else "right",
+                         no_wrap=column in ("simulation", "health", "consumers"))
     for s in report["streams"]:
         letters = "unknown" if s["dead_letters"] is None else str(s["dead_letters"])
         table.add_row(s["simulation_id"], s["state"], Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
-                      str(s["logged"]), str(s["length"]), str(s["acknowledged"]), str(s["lag"]),
-                      str(s["pending"]), _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
+                      str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
+                      _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
     if report["dead_letters_known"]:
         return table
     return Group(table, Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
@@ -86,7 +94,9 @@ def render_report(report: dict[str, Any]) -> RenderableType:
 def make_console() -> Console:
     """A console for the table: the terminal's width, or a wide one when output is redirected."""
     console = Console()
-    return console if console.is_terminal else Console(width=_PLAIN_WIDTH)
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=_PLAIN_WIDTH)
 
 
 def print_report(report: dict[str, Any], as_json: bool, console: Console | None = None) -> None:
