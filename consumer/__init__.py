@@ -6,5 +6,5 @@ from consumer.sink import Sink, WriteResult
 from consumer.supervisor import Supervisor
 from consumer.worker import Worker, consumer_name
 
-__all__ = ["HealthThresholds", "Sink", "StreamStatus", "Supervisor", "Worker", "WriteResult", "all_statuses", "consumer_name",
-           "stream_status", "verdict"]
+__all__ = ["HealthThresholds", "Sink", "StreamStatus", "Supervisor", "Worker", "WriteResult", "all_statuses",
+           "consumer_name", "stream_status", "verdict"]

@@ -27,6 +27,7 @@ class ProgressDisplay:
         self._started = time.monotonic()
         self._last_line = 0.0
         self._last = (0, 0)
+        self._last_printed: tuple[int, int] | None = None
         self._first_done: int | None = None  # what was already done before we started watching
 
     def __enter__(self) -> ProgressDisplay:
@@ -55,6 +56,7 @@ class ProgressDisplay:
 
     def _print_line(self, done: int, total: int, rate: str) -> None:
         self._last_line = time.monotonic()
+        self._last_printed = (done, total)
         share = f" ({100 * done / total:.0f}%)" if total else ""
         speed = self._rate(done)
         eta = f", eta {(total - done) / speed:.0f}s" if total > done and speed > 0 else ""
@@ -65,7 +67,8 @@ class ProgressDisplay:
             self._progress.stop()
         else:
             done, total = self._last
-            self._print_line(done, total, f"{self._rate(done):,.0f}")
+            if self._last_printed != (done, total):
+                self._print_line(done, total, f"{self._rate(done):,.0f}")
 
 
 class DrainProgress:
