@@ -127,3 +127,21 @@ def test_a_poison_entry_shows_as_dead_letters(cli, redis_server, sink_engine, na
     stream = status_of(cli, simulation_id)
     assert stream["state"] == "removed" and stream["health"] == "dead-letters" and stream["dead_letters"] == 1
     stop(consumer)
+
+
+def test_watch_reprints_until_interrupted(cli, redis_server, namespace, simulation_id):
+    # Given: a registered simulation
+    logger = new_logger(redis_server, namespace, simulation_id)
+    produce_workload(logger, steps=1, agents=1)
+    logger.flush_all_buffers()
+
+    # When: status --watch --json runs with its output going to a file, then gets Ctrl-C
+    watcher = cli.start("status", "--watch", "0.2", "--json")
+    wait_for(lambda: cli.output(watcher).count("\n") >= 3, what="three refreshes")
+    watcher.send_signal(signal.SIGINT)
+
+    # Then: it stops cleanly, having printed one JSON report per line
+    assert watcher.wait(20) == 0
+    reports = [json.loads(line) for line in cli.output(watcher).splitlines() if line.startswith("{")]
+    assert len(reports) >= 3 and all(r["streams"][0]["simulation_id"] == simulation_id for r in reports)
+    logger.close()
