@@ -54,9 +54,12 @@ class Supervisor:
         """Start the workers and watch them; returns the exit code for the whole group."""
         self._install_signal_handlers()
         metrics_dir = MetricsDir()
-        observers = []
         try:
             observers = self._start_observers(metrics_dir)
+        except BaseException:
+            metrics_dir.close()  # e.g. the metrics port is taken: nothing ran, nothing to summarise
+            raise
+        try:
             return self._supervise()
         finally:
             for observer in observers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import urllib.request
 from collections import defaultdict
 
@@ -145,3 +146,17 @@ def test_drain_prints_progress_lines_when_not_on_a_terminal(cli, redis_server, s
     [summary] = re.findall(r"supervisor\.summary .*", result.stderr)
     workers = [int(n) for n in re.findall(r"worker\.summary .*persisted=(\d+)", result.stderr)]
     assert workers and f"persisted={sum(workers)} " in summary and sum(workers) >= total_expected(expected)
+
+
+def test_a_metrics_port_in_use_is_one_line_and_a_named_exit_code(cli):
+    # Given: the port is taken
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+
+        # When: a consumer is asked to serve metrics there
+        result = cli.run("consume", "--metrics-port", str(taken.getsockname()[1]))
+
+    # Then: bad configuration, one line saying what to do, nothing started
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "choose another --metrics-port" in result.stderr
