@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
 from common.errors import ExitCode
@@ -104,6 +105,9 @@ class Supervisor:
             args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
         # The child inherits this mask across exec and unblocks once its handler is installed,
         # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
+        # Start multiprocessing's resource tracker first: starting it unblocks SIGINT/SIGTERM
+        # in this process, which would otherwise leave the first worker unmasked.
+        resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             process.start()
