@@ -23,7 +23,6 @@ from common.errors import ExitCode, SimstreamError
 from common.keys import Keys
 from common.settings import (DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE,
                              ENV_REDIS_URL, ConsumerSettings, normalize_db_url)
-from consumer.inspect import all_statuses
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,16 @@ def cli() -> None:
 @click.option("--max-deliveries", type=click.IntRange(1), default=None,
               help="Dead-letter an entry delivered more times than this.")
 @click.option("--drain", is_flag=True, help="Exit 0 once every known simulation is complete and persisted.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="With --drain: show records persisted of logged (a bar on a terminal, else lines).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="SIMSTREAM_METRICS_PORT",
+              help="Serve Prometheus metrics on this port (env SIMSTREAM_METRICS_PORT).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="SIMSTREAM_METRICS_HOST",
+              help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
 @_log_options
 def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, claim_idle_ms,
-            claim_interval_ms, max_deliveries, drain, log_level, log_json) -> None:
+            claim_interval_ms, max_deliveries, drain, progress, metrics_port, metrics_host, log_level,
+            log_json) -> None:
     """Run consumer processes that persist every simulation stream to SQL."""
     from consumer.supervisor import Supervisor
 
@@ -81,7 +87,9 @@ def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, cl
         group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
         claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain)
     preflight(settings)
-    sys.exit(int(Supervisor(settings, processes, log_level, log_json).run()))
+    supervisor = Supervisor(settings, processes, log_level, log_json, metrics_port=metrics_port,
+                            metrics_host=metrics_host, progress=progress)
+    sys.exit(int(supervisor.run()))
 
 
 def preflight(settings: ConsumerSettings) -> None:
@@ -98,19 +106,39 @@ def preflight(settings: ConsumerSettings) -> None:
 @redis_url_option
 @namespace_option
 @group_option
+@click.option("--db", envvar=ENV_DB_URL, default=None,
+              help=f"The sink, to count dead letters (env {ENV_DB_URL}); without it they show as unknown.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(redis_url, namespace, group, as_json) -> None:
-    """Show every simulation stream: length, lag, pending, consumers, completion."""
+@click.option("--watch", "watch_s", type=click.FloatRange(min=0.1), is_flag=False, flag_value=2.0, default=None,
+              help="Refresh every SECONDS (default 2) until Ctrl-C.", metavar="[SECONDS]")
+@click.option("--lag-threshold", type=click.IntRange(0), default=10_000, show_default=True,
+              help="Backlog (entries) above which an active group is 'lagging'.")
+@click.option("--stuck-after-ms", type=click.IntRange(0), default=30_000, show_default=True,
+              help="A group with backlog and no consumer seen for this long is 'stuck'.")
+@click.option("--claim-idle-ms", type=click.IntRange(0), default=60_000, show_default=True,
+              help="The consumers' --claim-idle-ms: a pending entry idle this long plus "
+                   "--stuck-after-ms and not claimed is 'stuck'.")
+def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stuck_after_ms,
+           claim_idle_ms) -> None:
+    """Show every simulation stream: length, persisted, lag, pending, consumers, dead letters,
+    completion, and a health verdict: ok, lagging, stuck or dead-letters (see the README).
+    """
+    from consumer.health import HealthThresholds
+    from consumer.status_view import print_report, status_report, watch
+
     settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace, group=group)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
-    statuses = all_statuses(client, Keys(settings.namespace), settings.group)
-    if as_json:
-        click.echo(json.dumps({"group": group, "streams": [s.as_dict() for s in statuses]}, indent=2))
-        return
-    from consumer.status_view import render_status
+    thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms)
+    db_url = normalize_db_url(db) if db else None
 
-    render_status(statuses, group)
+    def build() -> dict:
+        return status_report(client, Keys(settings.namespace), settings.group, db_url, thresholds)
+
+    if watch_s is None:
+        print_report(build(), as_json)
+    else:
+        watch(build, watch_s, as_json)
 
 
 @cli.command()

@@ -93,7 +93,7 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
         _wait_registered(client, keys, simulation_id, simulation)
         consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer", "consume", "--processes", str(consumers), "--drain",
-             "--log-level", "WARNING"], env=env)
+             "--no-progress", "--log-level", "WARNING"], env=env)
         try:
             produced = _watch(client, keys, engine, simulation_id, simulation, consumer)
         finally:

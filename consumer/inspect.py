@@ -49,6 +49,16 @@ class StreamStatus:
     consumers: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
     logged: int = 0
+    entries_added: int = 0
+    acknowledged: int = 0
+    oldest_pending_id: str | None = None
+    oldest_pending_idle_ms: int | None = None
+    oldest_pending_age_ms: int | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Entries the group still has to persist: not yet delivered, or delivered and not acked."""
+        return self.lag + self.pending if self.group_exists else self.length
 
     @property
     def persisted_all(self) -> bool:
@@ -62,7 +72,8 @@ class StreamStatus:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view, with the derived flags."""
-        return {**asdict(self), "persisted_all": self.persisted_all, "drained": self.drained}
+        return {**asdict(self), "backlog": self.backlog, "persisted_all": self.persisted_all,
+                "drained": self.drained}
 
 
 def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
@@ -83,10 +94,14 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     status.exists = True
     status.length = int(info["length"])
     status.last_generated_id = info["last-generated-id"]
+    # Redis 7 counts every entry ever added; 6.2 does not, and producers' sequence numbers (one
+    # record, one entry) are the best estimate there (a resent batch makes it slightly low).
+    status.entries_added = int(info.get("entries-added") or max(status.logged, status.length))
     for group_info in client.xinfo_groups(status.stream):
         group_info = text_dict(group_info)
         if group_info["name"] == group:
             _fill_group(client, status, group, group_info)
+    status.acknowledged = max(0, status.entries_added - status.backlog)
     return status
 
 
@@ -100,6 +115,20 @@ def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dic
          "idle_ms": int(consumer["idle"])}
         for consumer in client.xinfo_consumers(status.stream, group)
     ]
+    if status.pending:
+        _fill_oldest_pending(client, status, group)
+
+
+def _fill_oldest_pending(client: redis.Redis, status: StreamStatus, group: str) -> None:
+    """The lowest pending id: how long since it was delivered (idle) and since it was added (age)."""
+    oldest = client.xpending_range(status.stream, group, "-", "+", 1)
+    if not oldest:
+        return  # acknowledged since XINFO GROUPS answered
+    entry_id = _text(oldest[0]["message_id"])
+    seconds, micros = client.time()
+    status.oldest_pending_id = entry_id
+    status.oldest_pending_idle_ms = int(oldest[0]["time_since_delivered"])
+    status.oldest_pending_age_ms = max(0, seconds * 1000 + micros // 1000 - entry_id_tuple(entry_id)[0])
 
 
 def _lag(client: redis.Redis, status: StreamStatus, reported: Any) -> int:

@@ -3,6 +3,10 @@
 Each worker gets a fixed slot (0..N-1) and so a stable consumer name: a worker restarted after a
 crash replays the entries its predecessor held. A worker that exits 0 (stopped, or drained) is
 not restarted. The supervisor exits 0 only if every worker finished with 0.
+
+The supervisor also owns the run's metrics folder (workers count into it, see
+:mod:`consumer.metrics`), serves ``/metrics`` when given a port, shows ``--drain`` progress read
+from Redis, and logs one ``supervisor.summary`` line for the whole run when it exits.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import os
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
 from common.errors import ExitCode
 from common.settings import ConsumerSettings
-from consumer.worker import run_worker
+from consumer.metrics import MetricsDir
+from consumer.worker import consumer_name, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +36,12 @@ class Supervisor:
     """Keeps ``processes`` workers alive until they finish or a stop is requested."""
 
     def __init__(self, settings: ConsumerSettings, processes: int, log_level: str = "INFO",
-                 log_json: bool = False) -> None:
+                 log_json: bool = False, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                 progress: bool = False) -> None:
         self.settings = settings
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.progress = progress
         self.processes = processes
         self.log_level = log_level
         self.log_json = log_json
@@ -44,6 +54,43 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and watch them; returns the exit code for the whole group."""
         self._install_signal_handlers()
+        metrics_dir = MetricsDir()
+        try:
+            observers = self._start_observers(metrics_dir)
+        except BaseException:
+            metrics_dir.close()  # e.g. the metrics port is taken: nothing ran, nothing to summarise
+            raise
+        try:
+            return self._supervise()
+        finally:
+            for observer in observers:
+                observer()
+            self._log_summary(metrics_dir)
+            metrics_dir.close()
+
+    def restarts_by_consumer(self) -> dict[str, int]:
+        """How often each worker slot was restarted after a crash, by consumer name."""
+        return {consumer_name(slot): count for slot, count in self._restarts.items()}
+
+    def _start_observers(self, metrics_dir: MetricsDir) -> list:
+        """Metrics endpoint and drain progress; returns their stop functions."""
+        from consumer.metrics_server import start_metrics_endpoint
+        from consumer.progress import start_drain_progress
+
+        stops = []
+        if self.metrics_port is not None:
+            stops.append(start_metrics_endpoint(self, metrics_dir))
+        if self.progress and self.settings.drain:
+            stops.append(start_drain_progress(self.settings))
+        return stops
+
+    def _log_summary(self, metrics_dir: MetricsDir) -> None:
+        totals = metrics_dir.totals()
+        log.info("supervisor.summary workers=%d restarts=%d persisted=%d dead_lettered=%d claimed=%d "
+                 "retried=%d batches=%d", self.processes, sum(self._restarts.values()), totals["persisted"],
+                 totals["dead_lettered"], totals["claimed"], totals["retried"], totals["batches"])
+
+    def _supervise(self) -> int:
         for slot in range(self.processes):
             self._start(slot)
         while len(self._finished) < self.processes:
@@ -58,6 +105,9 @@ class Supervisor:
             args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
         # The child inherits this mask across exec and unblocks once its handler is installed,
         # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
+        # Start multiprocessing's resource tracker first: starting it unblocks SIGINT/SIGTERM
+        # in this process, which would otherwise leave the first worker unmasked.
+        resource_tracker.ensure_running()
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             process.start()

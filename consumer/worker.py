@@ -26,7 +26,9 @@ from common.keys import Keys
 from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
 from consumer import faults
+from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
 from consumer.inspect import simulation_ids, stream_status
+from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
 from consumer.sink import DeadLetter, Sink
 from consumer.stream_reader import Entry, StreamReader
@@ -71,6 +73,7 @@ class Worker:
         self.name = name or consumer_name(slot)
         self.keys = Keys(settings.namespace)
         self.stats = WorkerStats()
+        self.metrics = WorkerMetrics(self.name)
         self._parent_pid = parent_pid
         self._stop = threading.Event()
         self._streams: dict[str, _StreamState] = {}
@@ -162,6 +165,7 @@ class Worker:
     def _recover_from(self, exc: TransientError) -> None:
         """After a transient failure: back off, then replay own pending entries on every stream."""
         self.stats.retried += 1
+        self.metrics.retried()
         self._transient_failures += 1
         pause_s = min(_TRANSIENT_PAUSE_MAX_S, 0.1 * 2 ** min(self._transient_failures, 6))
         log.warning("worker.transient_error consumer=%s error=%s retry_in_s=%.1f", self.name, exc, pause_s)
@@ -215,17 +219,30 @@ class Worker:
             claim = self.reader.claim_stale(state.stream, self.settings.claim_idle_ms,
                                             state.claim_cursor, self.settings.batch_size)
             state.claim_cursor = b"0-0" if claim.pass_complete else claim.cursor
+            if claim.pass_complete:
+                self.forget_dead_consumers(state.stream)
             if not claim.pass_complete:
                 self._next_claim = 0.0  # more to look at: continue the pass on the next tick
             gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
                     for entry_id in claim.gone_ids]
             if claim.entries or gone:
                 self.stats.claimed += len(claim.entries)
+                self.metrics.claimed(len(claim.entries))
                 log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
                          self.name, state.stream, len(claim.entries), len(gone))
                 self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
             if claim.unnamed_gone:
                 state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
+
+    def forget_dead_consumers(self, stream: str) -> None:
+        """Remove other consumers' names once they hold nothing and have long been idle."""
+        idle_ms = dead_consumer_idle_ms(self.settings.claim_idle_ms, self.settings.block_ms)
+        try:
+            remove_dead_consumers(self.client, stream, self.settings.group, self.name, idle_ms)
+        except redis.ResponseError as exc:
+            log.debug("worker.consumer_cleanup_skipped consumer=%s error=%s", self.name, exc)  # stream gone
+        except redis.RedisError as exc:
+            raise TransientError(f"removing dead consumers: {exc}") from exc
 
     def apply_retention(self) -> None:
         """Trim what every group has persisted; remove simulations that are finished."""
@@ -257,12 +274,15 @@ class Worker:
             entries, overdelivered = self._split_overdelivered(state.stream, entries)
             letters += overdelivered
         faults.checkpoint("after_read", self.slot)
+        commit_started = time.monotonic()
         result = self._write(state, entries, letters)
+        commit_s = time.monotonic() - commit_started
         faults.checkpoint("after_commit", self.slot)
         self.reader.ack(state.stream, [entry.entry_id for entry in entries] + [l.entry_id for l in letters])
         self.stats.batches += 1
         self.stats.persisted += sum(result.rows_by_table.values())
         self.stats.dead_lettered += result.dead_letters
+        self.metrics.batch_committed(result.rows_by_table, result.dead_letters, commit_s)
         if result.dead_letters:
             log.warning("worker.dead_lettered consumer=%s stream=%s count=%d",
                         self.name, state.stream, result.dead_letters)
@@ -275,6 +295,7 @@ class Worker:
 
     def _count_retry(self, retry_state) -> None:
         self.stats.retried += 1
+        self.metrics.retried()
         log.warning("worker.db_retry consumer=%s error=%s", self.name, retry_state.outcome.exception())
 
     def _split_overdelivered(self, stream: str, entries: list[Entry]) -> tuple[list[Entry], list[DeadLetter]]:

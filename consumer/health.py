@@ -1,0 +1,108 @@
+"""One-word health of a simulation stream, and the dead-letter counts it needs from the sink.
+
+A stream's *backlog* is what its group still has to persist: entries not yet delivered (lag)
+plus entries delivered and not acknowledged (pending). A consumer is *active* when Redis saw it
+within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen at least every
+``block_ms``. The verdict is the first of these that holds:
+
+``stuck``
+    backlog > 0, and either no consumer is active, or the oldest pending entry has been idle
+    longer than ``claim_idle_ms + stuck_after_ms`` (it became claimable and nobody claimed it).
+``dead-letters``
+    the sink holds dead letters for the simulation (``simstream dlq list`` shows them).
+``lagging``
+    backlog > ``lag_threshold`` entries while consumers are active.
+``ok``
+    none of the above.
+
+The verdict reads one snapshot; the trend of the backlog shows in ``status --watch``.
+Dead letters live in SQL: without a reachable database their count is unknown (None) and the
+verdict cannot be ``dead-letters``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from common import schema
+from consumer.inspect import StreamStatus
+
+log = logging.getLogger(__name__)
+
+OK, LAGGING, STUCK, DEAD_LETTERS = "ok", "lagging", "stuck", "dead-letters"
+VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS)
+
+_DB_CONNECT_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Where ``lagging`` and ``stuck`` begin (see the module docstring)."""
+
+    lag_threshold: int = 10_000
+    stuck_after_ms: int = 30_000
+    claim_idle_ms: int = 60_000
+
+
+def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list[dict]:
+    """The group's consumers Redis saw within ``stuck_after_ms``."""
+    return [c for c in status.consumers if c["idle_ms"] <= thresholds.stuck_after_ms]
+
+
+def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthThresholds) -> str:
+    """The one-word health of ``status``: stuck, dead-letters, lagging or ok (in that precedence)."""
+    if status.backlog > 0 and _stuck(status, thresholds):
+        return STUCK
+    if dead_letters:
+        return DEAD_LETTERS
+    if status.backlog > thresholds.lag_threshold:
+        return LAGGING
+    return OK
+
+
+def _stuck(status: StreamStatus, thresholds: HealthThresholds) -> bool:
+    if not active_consumers(status, thresholds):
+        return True
+    idle = status.oldest_pending_idle_ms
+    return idle is not None and idle > thresholds.claim_idle_ms + thresholds.stuck_after_ms
+
+
+def dead_letter_counts(db_url: str | None) -> dict[str, int] | None:
+    """Dead letters per simulation in the sink; None if there is no database to ask.
+
+    Never creates a database or a table: a missing SQLite file or a sink without the
+    ``dead_letters`` table counts as unknown, not as zero.
+    """
+    if not db_url:
+        return None
+    try:
+        url = make_url(db_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return None
+        args = {"connect_timeout": _DB_CONNECT_TIMEOUT_S} if url.get_backend_name() == "postgresql" else {}
+        engine = create_engine(url, connect_args=args)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        log.debug("health.dead_letters_unknown error=%s", exc)
+        return None
+    try:
+        return _count_by_simulation(engine)
+    except SQLAlchemyError as exc:
+        log.debug("health.dead_letters_unknown error=%s", exc)
+        return None
+    finally:
+        engine.dispose()
+
+
+def _count_by_simulation(engine) -> dict[str, int] | None:
+    table = schema.dead_letters
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(table.name):
+            return None
+        query = select(table.c.simulation_id, func.count()).group_by(table.c.simulation_id)
+        return {simulation_id: count for simulation_id, count in connection.execute(query)}
