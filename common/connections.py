@@ -10,17 +10,20 @@ import os
 from pathlib import Path
 
 import redis
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
+from common.keys import validate_simulation_id
 from common.schema import metadata
-from common.settings import validate_db_url, validate_redis_url
+from common.settings import SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url, validate_redis_url
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number: PostgreSQL advisory lock held while one process creates the schema.
+_SCHEMA_LOCK_KEY = 0x5153_5452
 
 
 def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
@@ -83,9 +86,21 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def simulation_db_url(url: str, simulation_id: str) -> str:
+    """The database URL of ``simulation_id``: ``url`` with its placeholder filled (if it has one)."""
+    if not is_per_simulation(url):
+        return url
+    return url.replace(SIMULATION_ID_PLACEHOLDER, validate_simulation_id(simulation_id))
+
+
 def create_sink_engine(url: str) -> Engine:
     """An engine for the SQL sink at ``url``, tuned for many small concurrent writers."""
     validate_db_url(url)
+    if is_per_simulation(url):
+        raise ConfigurationError(
+            f"database URL {url!r} is a per-simulation template; name the simulation "
+            f"(fill in {SIMULATION_ID_PLACEHOLDER}) to open one of its files"
+        )
     if make_url(url).get_backend_name() == "sqlite":
         _sqlite_path_ready(url)
         engine = create_engine(url)
@@ -101,6 +116,9 @@ def create_sink_engine(url: str) -> Engine:
 
 def ensure_schema(engine: Engine) -> None:
     """Create simstream's tables if missing; safe when several consumers start at once."""
+    if engine.dialect.name == "postgresql":
+        _ensure_schema_postgresql(engine)
+        return
     for attempt in range(3):
         try:
             metadata.create_all(engine, checkfirst=True)
@@ -111,3 +129,14 @@ def ensure_schema(engine: Engine) -> None:
                 raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc}") from exc
+
+
+def _ensure_schema_postgresql(engine: Engine) -> None:
+    """Create the tables under an advisory lock: concurrent CREATEs would collide in pg_type."""
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            metadata.create_all(connection, checkfirst=True)
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the schema at {engine.url!r}: {getattr(exc, 'orig', None) or exc}") from exc
