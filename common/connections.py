@@ -93,6 +93,12 @@ def simulation_db_url(url: str, simulation_id: str) -> str:
     return url.replace(SIMULATION_ID_PLACEHOLDER, validate_simulation_id(simulation_id))
 
 
+def check_sink_template(url: str) -> None:
+    """For a per-simulation URL, make sure its folder exists and is writable (no file is created)."""
+    validate_db_url(url)
+    _sqlite_path_ready(url)
+
+
 def create_sink_engine(url: str) -> Engine:
     """An engine for the SQL sink at ``url``, tuned for many small concurrent writers."""
     validate_db_url(url)

@@ -64,7 +64,7 @@ def validate_db_url(url: str) -> str:
             "use sqlite:/// or postgresql+psycopg://"
         )
     if SIMULATION_ID_PLACEHOLDER in url and (parsed.get_backend_name() != "sqlite"
-                                             or SIMULATION_ID_PLACEHOLDER not in (parsed.database or "")):
+                                             or SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or "")):
         raise ConfigurationError(
             f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names, "
             "e.g. sqlite:///runs/{simulation_id}.db; PostgreSQL holds every simulation in one database"
