@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -26,15 +28,44 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _SCHEMA_LOCK_KEY = 0x5153_5452
 
 
-def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
-    """A binary-safe client (no decode_responses) for ``url``; connects lazily."""
+class RedisUnreachable(RedisUnavailable, redis.ConnectionError):
+    """Redis did not answer while the client was being set up.
+
+    Both a simstream error (the CLI prints one line, a worker exits to be restarted) and a
+    redis-py ConnectionError (the producer's retry loop, which retries redis errors, tries again).
+    """
+
+
+def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | RedisCluster:
+    """A binary-safe client (no decode_responses) for ``url``: redis-py's cluster client if the
+    server there is a cluster node (INFO cluster), so any node's address reaches the whole cluster.
+
+    Asks the server once; raises RedisUnreachable if it does not answer.
+    """
     validate_redis_url(url)
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=min(socket_timeout_s, 5.0),
-        health_check_interval=30,
-    )
+    options = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": min(socket_timeout_s, 5.0),
+               "health_check_interval": 30}
+    client = redis.Redis.from_url(url, **options)
+    try:
+        cluster = int(client.info("cluster").get("cluster_enabled", 0)) == 1
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        client.close()
+        raise RedisUnreachable(
+            f"cannot reach Redis at {url}: {exc}; start one (`simstream redis`) or point "
+            "--redis-url / SIMSTREAM_REDIS_URL at a running server"
+        ) from exc
+    if not cluster:
+        return client
+    client.close()
+    try:
+        return RedisCluster.from_url(url, **options)
+    except RedisClusterException as exc:  # not a RedisError: raised when no node answers
+        raise RedisUnreachable(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
+
+
+def is_cluster(client: redis.Redis | RedisCluster) -> bool:
+    """True if ``client`` talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
 
 
 def check_redis(client: redis.Redis, url: str) -> None:

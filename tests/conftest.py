@@ -126,6 +126,14 @@ def redis_server(deployment, tmp_path) -> RedisServer | RedisClusterServers:
 
 
 @pytest.fixture
+def redis_cluster(tmp_path) -> RedisClusterServers:
+    """A 3-master Redis Cluster on the newest redis-server available, for cluster-only tests."""
+    cluster = RedisClusterServers(REDIS_BINARIES[-1][1], tmp_path / "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 def postgres_schema() -> PostgresSchema:
     """A fresh PostgreSQL schema, dropped after the test; skips (saying why) if none answers."""
     server, reason = server_url()
