@@ -1,9 +1,9 @@
 """The SQL side of simstream: consumer workers, their supervisor, the sink, and the CLI."""
 
 from consumer.inspect import StreamStatus, all_statuses, stream_status
-from consumer.sink import Sink, WriteResult
+from consumer.sink import Sink, SinkPool, WriteResult
 from consumer.supervisor import Supervisor
 from consumer.worker import Worker, consumer_name
 
-__all__ = ["Sink", "StreamStatus", "Supervisor", "Worker", "WriteResult", "all_statuses", "consumer_name",
-           "stream_status"]
+__all__ = ["Sink", "SinkPool", "StreamStatus", "Supervisor", "Worker", "WriteResult", "all_statuses",
+           "consumer_name", "stream_status"]

@@ -69,3 +69,16 @@ def test_dlq_commands_on_a_template_ask_for_the_simulation(cli, template, simula
     assert without.returncode == ExitCode.BAD_CONFIGURATION
     assert "--simulation" in without.stderr and len(without.stderr.strip().splitlines()) == 1
     assert named.returncode == 0 and "0 dead letter(s)" in named.stdout, named.stderr
+
+
+def test_consume_checks_the_templates_folder_before_starting(cli, tmp_path):
+    # Given: a template whose folder cannot be created (a file stands where it should be)
+    (tmp_path / "occupied").write_text("not a folder")
+    template = f"sqlite:///{tmp_path / 'occupied'}/{{simulation_id}}.db"
+
+    # When: consumers are started on it
+    result = cli.run("consume", "--drain", "--db", template, timeout=60)
+
+    # Then: they do not start; one line says which folder is the problem
+    assert result.returncode == ExitCode.BAD_CONFIGURATION, result.stderr
+    assert "occupied" in result.stderr and len(result.stderr.strip().splitlines()) == 1
