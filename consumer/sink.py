@@ -184,7 +184,9 @@ class SinkPool:
             return self._shared
         sink = self._sinks.get(simulation_id)
         if sink is None:
-            sink = self._sinks[simulation_id] = _open_sink(simulation_db_url(self.db_url, simulation_id))
+            url = simulation_db_url(self.db_url, simulation_id)
+            sink = self._sinks[simulation_id] = _open_sink(url)
+            log.info("sink.opened simulation=%s database=%s", simulation_id, url)
         return sink
 
     def release(self, simulation_id: str) -> None:
