@@ -189,6 +189,11 @@ class SinkPool:
             log.info("sink.opened simulation=%s database=%s", simulation_id, url)
         return sink
 
+    @property
+    def open_simulations(self) -> list[str]:
+        """Simulations whose own database file is open now (always empty for a shared database)."""
+        return sorted(self._sinks)
+
     def release(self, simulation_id: str) -> None:
         """Close ``simulation_id``'s own engine (it is reopened if the simulation comes back)."""
         sink = self._sinks.pop(simulation_id, None)

@@ -47,7 +47,7 @@ def test_each_simulation_and_its_dead_letters_go_to_its_own_file(redis_server, t
     finally:
         files.dispose()
     # and the worker closed each file's engine once its simulation was finished and removed
-    assert worker.sinks is not None and worker.sinks._sinks == {}
+    assert worker.sinks is not None and worker.sinks.open_simulations == []
 
 
 def test_a_template_is_only_for_sqlite_file_names():
