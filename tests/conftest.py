@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
