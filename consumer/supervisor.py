@@ -91,7 +91,8 @@ class Supervisor:
         deadline = time.monotonic() + _STOP_GRACE_S
         for slot, process in live:
             # A worker still starting up has no handler yet: SIGTERM would kill it, not stop it.
-            self._ready[slot].wait(max(0.0, deadline - time.monotonic()))
+            while process.is_alive() and not self._ready[slot].wait(0.05) and time.monotonic() < deadline:
+                pass
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
         live = [process for _, process in live]
