@@ -191,7 +191,9 @@ class Worker:
                 self._streams[stream] = _StreamState(stream, simulation_id)
                 log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
-            self.sinks.release(self._streams.pop(stream).simulation_id)
+            del self._streams[stream]
+        for simulation_id in set(self.sinks.open_simulations) - set(registered):
+            self.sinks.release(simulation_id)  # also those forgotten when a group went missing
 
     def replay_own_pending(self) -> None:
         """Re-process entries this consumer name was given but never acknowledged (id 0 first)."""
