@@ -227,10 +227,11 @@ def replay_journal_command(paths, redis_url, namespace) -> None:
 def redis_command(data_dir, port) -> None:
     """Run the embedded Redis server (127.0.0.1, AOF on) in the foreground."""
     server = EmbeddedRedis(Path(data_dir), port=port).start()
-    click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
     # Forward the stop to the server and let wait() below return; redis-server shuts down cleanly.
+    # Installed before the "listening" line, so a stop sent as soon as it is read is handled.
     signal.signal(signal.SIGTERM, lambda *_: server.process.terminate())
     signal.signal(signal.SIGINT, lambda *_: server.process.terminate())
+    click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
     server.process.wait()
 
 
