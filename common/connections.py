@@ -54,6 +54,8 @@ def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | Redi
             f"cannot reach Redis at {url}: {exc}; start one (`simstream redis`) or point "
             "--redis-url / SIMSTREAM_REDIS_URL at a running server"
         ) from exc
+    except redis.ResponseError:
+        cluster = False  # INFO refused (a restricted managed server): clusters always answer it
     if not cluster:
         return client
     client.close()
