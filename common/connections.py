@@ -10,28 +10,64 @@ import os
 from pathlib import Path
 
 import redis
-from sqlalchemy import Engine, create_engine, event
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
+from common.keys import validate_simulation_id
 from common.schema import metadata
-from common.settings import ENV_DB_URL, validate_db_url, validate_redis_url
+from common.settings import ENV_DB_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url, validate_redis_url
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number: PostgreSQL advisory lock held while one process creates the schema.
+_SCHEMA_LOCK_KEY = 0x5153_5452
 
 
-def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis:
-    """A binary-safe client (no decode_responses) for ``url``; connects lazily."""
+class RedisUnreachable(RedisUnavailable, redis.ConnectionError):
+    """Redis did not answer while the client was being set up.
+
+    Both a simstream error (the CLI prints one line, a worker exits to be restarted) and a
+    redis-py ConnectionError (the producer's retry loop, which retries redis errors, tries again).
+    """
+
+
+def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | RedisCluster:
+    """A binary-safe client (no decode_responses) for ``url``: redis-py's cluster client if the
+    server there is a cluster node (INFO cluster), so any node's address reaches the whole cluster.
+
+    Asks the server once; raises RedisUnreachable if it does not answer.
+    """
     validate_redis_url(url)
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=min(socket_timeout_s, 5.0),
-        health_check_interval=30,
-    )
+    options = {"socket_timeout": socket_timeout_s, "socket_connect_timeout": min(socket_timeout_s, 5.0),
+               "health_check_interval": 30}
+    client = redis.Redis.from_url(url, **options)
+    try:
+        cluster = int(client.info("cluster").get("cluster_enabled", 0)) == 1
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        client.close()
+        raise RedisUnreachable(
+            f"cannot reach Redis at {url}: {exc}; start one (`simstream redis`) or point "
+            "--redis-url / SIMSTREAM_REDIS_URL at a running server"
+        ) from exc
+    except redis.ResponseError:
+        cluster = False  # INFO refused (a restricted managed server): clusters always answer it
+    if not cluster:
+        return client
+    client.close()
+    try:
+        return RedisCluster.from_url(url, **options)
+    except RedisClusterException as exc:  # not a RedisError: raised when no node answers
+        raise RedisUnreachable(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
+
+
+def is_cluster(client: redis.Redis | RedisCluster) -> bool:
+    """True if ``client`` talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
 
 
 def check_redis(client: redis.Redis, url: str) -> None:
@@ -83,9 +119,27 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def simulation_db_url(url: str, simulation_id: str) -> str:
+    """The database URL of ``simulation_id``: ``url`` with its placeholder filled (if it has one)."""
+    if not is_per_simulation(url):
+        return url
+    return url.replace(SIMULATION_ID_PLACEHOLDER, validate_simulation_id(simulation_id))
+
+
+def check_sink_template(url: str) -> None:
+    """For a per-simulation URL, make sure its folder exists and is writable (no file is created)."""
+    validate_db_url(url)
+    _sqlite_path_ready(url)
+
+
 def create_sink_engine(url: str) -> Engine:
     """An engine for the SQL sink at ``url``, tuned for many small concurrent writers."""
     validate_db_url(url)
+    if is_per_simulation(url):
+        raise ConfigurationError(
+            f"database URL {url!r} is a per-simulation template; name the simulation "
+            f"(fill in {SIMULATION_ID_PLACEHOLDER}) to open one of its files"
+        )
     if make_url(url).get_backend_name() == "sqlite":
         _sqlite_path_ready(url)
         engine = create_engine(url)
@@ -101,6 +155,9 @@ def create_sink_engine(url: str) -> Engine:
 
 def ensure_schema(engine: Engine) -> None:
     """Create simstream's tables if missing; safe when several consumers start at once."""
+    if engine.dialect.name == "postgresql":
+        _ensure_schema_postgresql(engine)
+        return
     for attempt in range(3):
         try:
             metadata.create_all(engine, checkfirst=True)
@@ -113,3 +170,15 @@ def ensure_schema(engine: Engine) -> None:
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc}; "
                                       f"check --db / {ENV_DB_URL} and that the database is up") from exc
+
+
+def _ensure_schema_postgresql(engine: Engine) -> None:
+    """Create the tables under an advisory lock: concurrent CREATEs would collide in pg_type."""
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            metadata.create_all(connection, checkfirst=True)
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(
+            f"cannot create the schema at {engine.url!r}: {getattr(exc, 'orig', None) or exc}; "
+            f"check --db / {ENV_DB_URL} and that the database is up") from exc

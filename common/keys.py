@@ -3,7 +3,8 @@
 One stream per simulation. Every key of a simulation carries the hash tag ``{simulation_id}``, so
 on a Redis Cluster they share one slot and a pipeline of them never crosses slots. The registry
 (a set of simulation ids) is the one key outside any simulation's slot; it is only ever used in
-single-key commands.
+single-key commands. A non-transactional pipeline may still mix it with a simulation's keys (the
+producer's batches do): the cluster client sends each command to the node owning its key.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ BACKPRESSURE_POLICIES = ("spill", "slow")
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
+SIMULATION_ID_PLACEHOLDER = "{simulation_id}"
+"""In a SQLite URL, makes one database file per simulation: ``sqlite:///runs/{simulation_id}.db``."""
+
 T = TypeVar("T")
 
 
@@ -60,7 +63,18 @@ def validate_db_url(url: str) -> str:
             f"database URL {url!r}: backend {parsed.get_backend_name()!r} is not supported; "
             "use sqlite:/// or postgresql+psycopg://"
         )
+    if SIMULATION_ID_PLACEHOLDER in url and (parsed.get_backend_name() != "sqlite"
+                                             or SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or "")):
+        raise ConfigurationError(
+            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names, "
+            "e.g. sqlite:///runs/{simulation_id}.db; PostgreSQL holds every simulation in one database"
+        )
     return url
+
+
+def is_per_simulation(db_url: str) -> bool:
+    """True if ``db_url`` is a template naming one SQLite file per simulation."""
+    return SIMULATION_ID_PLACEHOLDER in db_url
 
 
 def normalize_db_url(value: str) -> str:

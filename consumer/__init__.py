@@ -2,9 +2,9 @@
 
 from consumer.health import HealthThresholds, verdict
 from consumer.inspect import StreamStatus, all_statuses, stream_status
-from consumer.sink import Sink, WriteResult
+from consumer.sink import Sink, SinkPool, WriteResult
 from consumer.supervisor import Supervisor
 from consumer.worker import Worker, consumer_name
 
-__all__ = ["HealthThresholds", "Sink", "StreamStatus", "Supervisor", "Worker", "WriteResult", "all_statuses",
-           "consumer_name", "stream_status", "verdict"]
+__all__ = ["HealthThresholds", "Sink", "SinkPool", "StreamStatus", "Supervisor", "Worker", "WriteResult",
+           "all_statuses", "consumer_name", "stream_status", "verdict"]

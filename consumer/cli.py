@@ -17,12 +17,13 @@ import click
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.connections import check_redis, create_sink_engine, ensure_schema, redis_client
+from common.connections import (check_redis, check_sink_template, create_sink_engine, ensure_schema, redis_client,
+                                simulation_db_url)
 from common.embedded_redis import EmbeddedRedis
-from common.errors import ExitCode, SimstreamError
+from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.keys import Keys
 from common.settings import (DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE,
-                             ENV_REDIS_URL, ConsumerSettings, normalize_db_url)
+                             ENV_REDIS_URL, ConsumerSettings, is_per_simulation, normalize_db_url)
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, cl
 def preflight(settings: ConsumerSettings) -> None:
     """Fail fast, with one line, if Redis does not answer or the database cannot be set up."""
     check_redis(redis_client(settings.redis_url), settings.redis_url)
+    if is_per_simulation(settings.db_url):
+        check_sink_template(settings.db_url)  # each simulation's file is created when first written
+        return
     engine = create_sink_engine(settings.db_url)
     try:
         ensure_schema(engine)
@@ -165,9 +169,12 @@ def dlq() -> None:
     """Inspect and re-drive dead letters (entries that could not become rows)."""
 
 
-def _sink_engine(db):
+def _sink_engine(db, simulation=None):
     settings = ConsumerSettings.from_env(db_url=normalize_db_url(db) if db else None)
-    engine = create_sink_engine(settings.db_url)
+    if is_per_simulation(settings.db_url) and not simulation:
+        raise ConfigurationError(f"--db {settings.db_url!r} holds one file per simulation; "
+                                 "pass --simulation ID to choose which simulation's dead letters")
+    engine = create_sink_engine(simulation_db_url(settings.db_url, simulation or ""))
     ensure_schema(engine)
     return engine
 
@@ -181,7 +188,7 @@ def dlq_list(db, simulation, limit, as_json) -> None:
     """List dead letters, newest first, with the reason each was rejected."""
     from consumer.dead_letters import list_dead_letters
 
-    letters = list_dead_letters(_sink_engine(db), simulation, limit)
+    letters = list_dead_letters(_sink_engine(db, simulation), simulation, limit)
     if as_json:
         click.echo(json.dumps(letters, indent=2, default=str))
         return
@@ -204,7 +211,7 @@ def dlq_retry(db, redis_url, namespace, simulation, ids) -> None:
     settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
-    result = retry_dead_letters(_sink_engine(db), client, Keys(settings.namespace), simulation, tuple(ids))
+    result = retry_dead_letters(_sink_engine(db, simulation), client, Keys(settings.namespace), simulation, tuple(ids))
     click.echo(f"re-driven: {result.redriven}; skipped (payload lost): {result.skipped_without_payload}")
 
 
@@ -217,7 +224,7 @@ def dlq_purge(db, simulation, ids, yes) -> None:
     """Delete dead letters for good."""
     from consumer.dead_letters import purge_dead_letters
 
-    click.echo(f"purged: {purge_dead_letters(_sink_engine(db), simulation, tuple(ids))}")
+    click.echo(f"purged: {purge_dead_letters(_sink_engine(db, simulation), simulation, tuple(ids))}")
 
 
 @cli.command("replay-journal")
@@ -248,10 +255,11 @@ def replay_journal_command(paths, redis_url, namespace) -> None:
 def redis_command(data_dir, port) -> None:
     """Run the embedded Redis server (127.0.0.1, AOF on) in the foreground."""
     server = EmbeddedRedis(Path(data_dir), port=port).start()
-    click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
     # Forward the stop to the server and let wait() below return; redis-server shuts down cleanly.
+    # Installed before the "listening" line, so a stop sent as soon as it is read is handled.
     signal.signal(signal.SIGTERM, lambda *_: server.process.terminate())
     signal.signal(signal.SIGINT, lambda *_: server.process.terminate())
+    click.echo(f"Redis {server.binary} listening at {server.url} (data in {server.data_dir}); Ctrl-C stops it")
     server.process.wait()
 
 

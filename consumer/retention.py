@@ -4,6 +4,10 @@ The trim point is the lowest id any group still needs: its oldest pending entry,
 pending, the entry right after its last delivered one. ``XTRIM MINID ~`` at that point removes only
 entries below it (approximate trimming removes less, never more), so nothing unpersisted is lost.
 A group created later starts from what is left, which is why removal also waits for every group.
+
+On a Redis Cluster the same code runs: the WATCH/MULTI transactions touch only one simulation's
+stream and meta, which share a hash slot, and redis-py's ClusterPipeline (>= 6.1) runs such
+single-slot transactions. The registry is changed outside them, with single-key commands.
 """
 
 from __future__ import annotations

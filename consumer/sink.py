@@ -20,8 +20,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from common import schema
 from common.codec import decode
+from common.connections import create_sink_engine, ensure_schema, simulation_db_url
 from common.errors import DatabaseUnavailable, RecordError
 from common.records import KINDS, RecordKind
+from common.settings import is_per_simulation
 from consumer.stream_reader import Entry
 
 log = logging.getLogger(__name__)
@@ -161,3 +163,56 @@ def _merge(total: WriteResult, part: WriteResult) -> None:
         total.rows_by_table[table] = total.rows_by_table.get(table, 0) + count
     total.dead_letters += part.dead_letters
     total.isolated_by_database += part.isolated_by_database
+
+
+class SinkPool:
+    """The Sink of each simulation: one shared database, or one SQLite file per simulation.
+
+    With a plain URL every simulation shares one Sink, opened (and its schema ensured) at once,
+    so a bad database fails at start-up. With a ``{simulation_id}`` template each simulation gets
+    its own engine when first written, with its schema ensured; ``release()`` disposes it.
+    """
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self._sinks: dict[str, Sink] = {}
+        self._shared = None if is_per_simulation(db_url) else _open_sink(db_url)
+
+    def for_simulation(self, simulation_id: str) -> Sink:
+        """The Sink writing ``simulation_id``'s rows; raises DatabaseUnavailable if it cannot open."""
+        if self._shared is not None:
+            return self._shared
+        sink = self._sinks.get(simulation_id)
+        if sink is None:
+            url = simulation_db_url(self.db_url, simulation_id)
+            sink = self._sinks[simulation_id] = _open_sink(url)
+            log.info("sink.opened simulation=%s database=%s", simulation_id, url)
+        return sink
+
+    @property
+    def open_simulations(self) -> list[str]:
+        """Simulations whose own database file is open now (always empty for a shared database)."""
+        return sorted(self._sinks)
+
+    def release(self, simulation_id: str) -> None:
+        """Close ``simulation_id``'s own engine (it is reopened if the simulation comes back)."""
+        sink = self._sinks.pop(simulation_id, None)
+        if sink is not None:
+            sink.engine.dispose()
+
+    def close(self) -> None:
+        """Close every engine."""
+        for simulation_id in list(self._sinks):
+            self.release(simulation_id)
+        if self._shared is not None:
+            self._shared.engine.dispose()
+
+
+def _open_sink(url: str) -> Sink:
+    engine = create_sink_engine(url)
+    try:
+        ensure_schema(engine)
+    except Exception:
+        engine.dispose()
+        raise
+    return Sink(engine)

@@ -5,6 +5,12 @@ by server version and the library's parsers drop what we need: Redis 6.2 answers
 whose payload was trimmed away with a bare nil (its id is lost), Redis 7 lists such ids in a third
 element and removes them from the pending list. Own pending entries read with id ``0`` that were
 trimmed come back as ``[id, nil]`` on both. Every such entry is surfaced, never skipped.
+
+On a Redis Cluster one XREADGROUP may only name streams of one hash slot, so new entries are read
+slot by slot, and the wait (BLOCK) is shared between the slots: each gets its slice of
+``block_ms``, and once one has answered the rest are read without waiting. The raw-reply commands
+go straight to the node owning the stream's slot, because the cluster client would run the
+node's own reply parser before any callback of ours.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import redis
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterError, TryAgainError
 
 from common.codec import entry_payload
+from common.connections import is_cluster
 from common.errors import GroupMissing, RedisUnavailable
 
 _RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
@@ -69,7 +78,13 @@ def translate(exc: redis.RedisError, what: str) -> Exception:
         return GroupMissing(f"{what}: the consumer group or its stream is gone ({exc})")
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
         return RedisUnavailable(f"{what}: {exc}")
+    if isinstance(exc, (AskError, TryAgainError, ClusterError)):  # MOVED/ASK, slots migrating, cluster down
+        return RedisUnavailable(f"{what}: the cluster is changing ({type(exc).__name__}: {exc})")
     return exc
+
+
+def _raw(response: Any, **_options: Any) -> Any:
+    return response
 
 
 class StreamReader:
@@ -79,8 +94,27 @@ class StreamReader:
         self.client = client
         self.group = group
         self.consumer = consumer
+        self.cluster = is_cluster(client)
+        self._rotation = 0
+        if not self.cluster:
+            for command in _RAW_COMMANDS:
+                client.set_response_callback(command, _raw)
+
+    def _raw_client(self, stream: str) -> redis.Redis:
+        """The client that returns unparsed replies for ``stream``: on a cluster, its slot's node."""
+        if not self.cluster:
+            return self.client
+        node_client = self.client.get_redis_connection(self.client.get_node_from_key(stream))
         for command in _RAW_COMMANDS:
-            client.set_response_callback(command, lambda response, **_: response)
+            node_client.set_response_callback(command, _raw)  # the node client may be new
+        return node_client
+
+    def _execute_raw(self, stream: str, *args: Any) -> Any:
+        try:
+            return self._raw_client(stream).execute_command(*args)
+        except AskError:
+            self.client.nodes_manager.initialize()  # slots moved: learn the new owners, then retry
+            raise
 
     def ensure_group(self, stream: str) -> None:
         """Create the group at the start of ``stream`` (creating the stream if missing).
@@ -99,8 +133,24 @@ class StreamReader:
         """Up to ``count`` never-delivered entries per stream, waiting at most ``block_ms``."""
         if not streams:
             return {}
-        reply = self._read(streams, [">"] * len(streams), count, block_ms)
-        return {stream: entries for stream, entries in reply.items() if entries}
+        result: dict[str, list[Entry]] = {}
+        groups = self._slot_groups(streams)
+        slice_ms = max(1, block_ms // len(groups))
+        for group in groups:
+            reply = self._read(group, [">"] * len(group), count, None if result else slice_ms)
+            result.update((stream, entries) for stream, entries in reply.items() if entries)
+        return result
+
+    def _slot_groups(self, streams: list[str]) -> list[list[str]]:
+        """One group of all streams, or on a cluster one per hash slot, in a rotating order."""
+        if not self.cluster:
+            return [streams]
+        by_slot: dict[int, list[str]] = {}
+        for stream in streams:
+            by_slot.setdefault(key_slot(stream.encode()), []).append(stream)
+        groups = list(by_slot.values())
+        self._rotation = (self._rotation + 1) % len(groups)  # no slot always waits last
+        return groups[self._rotation:] + groups[:self._rotation]
 
     def read_own_pending(self, stream: str, after_id: bytes | str, count: int) -> list[Entry]:
         """Entries delivered to this consumer and not acknowledged, after ``after_id``."""
@@ -112,7 +162,7 @@ class StreamReader:
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         try:
-            reply = self.client.execute_command(*args, "STREAMS", *streams, *ids)
+            reply = self._execute_raw(streams[0], *args, "STREAMS", *streams, *ids)
         except redis.RedisError as exc:
             raise translate(exc, "reading") from exc
         result: dict[str, list[Entry]] = {}
@@ -124,8 +174,8 @@ class StreamReader:
     def claim_stale(self, stream: str, min_idle_ms: int, cursor: bytes | str, count: int) -> ClaimResult:
         """XAUTOCLAIM entries idle for ``min_idle_ms`` from any consumer of the group."""
         try:
-            reply = self.client.execute_command("XAUTOCLAIM", stream, self.group, self.consumer,
-                                                min_idle_ms, cursor, "COUNT", count)
+            reply = self._execute_raw(stream, "XAUTOCLAIM", stream, self.group, self.consumer,
+                                      min_idle_ms, cursor, "COUNT", count)
         except redis.RedisError as exc:
             raise translate(exc, f"claiming on {stream}") from exc
         entries, unnamed_gone = _entries(reply[1])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
-from common.connections import create_sink_engine, ensure_schema, redis_client
+from common.connections import redis_client
 from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
 from common.keys import Keys
 from common.retry import jittered_backoff
@@ -30,7 +30,7 @@ from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
 from consumer.inspect import simulation_ids, stream_status
 from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
-from consumer.sink import DeadLetter, Sink
+from consumer.sink import DeadLetter, SinkPool
 from consumer.stream_reader import Entry, StreamReader
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Worker:
         self._transient_failures = 0
         self.client: redis.Redis | None = None
         self.reader: StreamReader | None = None
-        self.sink: Sink | None = None
+        self.sinks: SinkPool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -135,13 +135,11 @@ class Worker:
     def _connect(self) -> None:
         self.client = redis_client(self.settings.redis_url)
         self.reader = StreamReader(self.client, self.settings.group, self.name)
-        engine = create_sink_engine(self.settings.db_url)
-        ensure_schema(engine)
-        self.sink = Sink(engine)
+        self.sinks = SinkPool(self.settings.db_url)
 
     def _teardown(self) -> None:
-        if self.sink is not None:
-            self.sink.engine.dispose()
+        if self.sinks is not None:
+            self.sinks.close()
         if self.client is not None:
             self.client.close()
         s = self.stats
@@ -198,6 +196,8 @@ class Worker:
                 log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
             del self._streams[stream]
+        for simulation_id in set(self.sinks.open_simulations) - set(registered):
+            self.sinks.release(simulation_id)  # also those forgotten when a group went missing
 
     def replay_own_pending(self) -> None:
         """Re-process entries this consumer name was given but never acknowledged (id 0 first)."""
@@ -251,6 +251,7 @@ class Worker:
             for stream, state in list(self._streams.items()):
                 if remove_finished(self.client, self.keys, state.simulation_id):
                     del self._streams[stream]
+                    self.sinks.release(state.simulation_id)
                 else:
                     trim_persisted(self.client, stream)
         except redis.ResponseError as exc:
@@ -291,7 +292,8 @@ class Worker:
         retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
                             wait=jittered_backoff(),
                             stop=stop_after_delay(_DB_RETRY_S), before_sleep=self._count_retry)
-        return retrying(self.sink.write, state.stream, state.simulation_id, entries, letters)
+        return retrying(lambda: self.sinks.for_simulation(state.simulation_id).write(
+            state.stream, state.simulation_id, entries, letters))
 
     def _count_retry(self, retry_state) -> None:
         self.stats.retried += 1

@@ -2,6 +2,11 @@
 
 Every Redis test runs once per available server version. Servers listen on free ports of
 127.0.0.1 and are killed at teardown; a test may kill and restart its server on the same AOF.
+
+A test (or module) marked ``every_deployment`` also runs, on one Redis version, against the other
+deployments: one SQLite file per simulation, PostgreSQL, and a 3-master Redis Cluster. Its body
+stays the same: ``redis_server``, ``sqlite_url`` (the sink URL, whatever the sink) and
+``sink_engine`` follow the deployment.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,9 @@ import redis
 from sqlalchemy import create_engine
 
 from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
+from tests.cluster import RedisClusterServers
+from tests.helpers import PerSimulationEngines
+from tests.postgres import PostgresSchema, server_url
 
 
 def _redis_binaries() -> list[tuple[str, str]]:
@@ -32,6 +41,42 @@ def _redis_binaries() -> list[tuple[str, str]]:
 
 
 REDIS_BINARIES = _redis_binaries()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where a test's records go: which redis-server, standalone or cluster, and which SQL sink."""
+
+    label: str
+    binary: str
+    sink: str = "sqlite"  # "sqlite", "sqlite-per-simulation" or "postgresql"
+    cluster: bool = False
+
+    @property
+    def id(self) -> str:
+        extra = [self.sink] if self.sink != "sqlite" else []
+        return "-".join([self.label, *extra, *(["cluster"] if self.cluster else [])])
+
+
+def _deployments(every: bool) -> list[Deployment]:
+    plain = [Deployment(label, binary) for label, binary in REDIS_BINARIES]
+    if not every or not REDIS_BINARIES:
+        return plain
+    label, binary = REDIS_BINARIES[-1]  # the 7.x on PATH if there is one, else the bundled 6.2
+    return plain + [Deployment(label, binary, sink="sqlite-per-simulation"),
+                    Deployment(label, binary, sink="postgresql"),
+                    Deployment(label, binary, cluster=True)]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "deployment" in metafunc.fixturenames:
+        deployments = _deployments(metafunc.definition.get_closest_marker("every_deployment") is not None)
+        metafunc.parametrize("deployment", deployments, ids=[d.id for d in deployments], indirect=True)
+
+
+@pytest.fixture
+def deployment(request) -> Deployment:
+    return request.param
 
 
 class RedisServer:
@@ -65,26 +110,61 @@ class RedisServer:
         self.server.kill()
 
 
-@pytest.fixture(params=[binary for _, binary in REDIS_BINARIES], ids=[label for label, _ in REDIS_BINARIES])
-def redis_binary(request) -> str:
-    return request.param
+@pytest.fixture
+def redis_binary(deployment) -> str:
+    return deployment.binary
 
 
 @pytest.fixture
-def redis_server(redis_binary, tmp_path) -> RedisServer:
-    server = RedisServer(redis_binary, tmp_path / "redis")
+def redis_server(deployment, tmp_path) -> RedisServer | RedisClusterServers:
+    if deployment.cluster:
+        server = RedisClusterServers(deployment.binary, tmp_path / "cluster")
+    else:
+        server = RedisServer(deployment.binary, tmp_path / "redis")
     yield server
     server.stop()
 
 
 @pytest.fixture
-def sqlite_url(tmp_path) -> str:
+def redis_cluster(tmp_path) -> RedisClusterServers:
+    """A 3-master Redis Cluster on the newest redis-server available, for cluster-only tests."""
+    cluster = RedisClusterServers(REDIS_BINARIES[-1][1], tmp_path / "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_schema() -> PostgresSchema:
+    """A fresh PostgreSQL schema, dropped after the test; skips (saying why) if none answers."""
+    server, reason = server_url()
+    if server is None:
+        pytest.skip(reason)
+    schema = PostgresSchema(server)
+    yield schema
+    schema.drop()
+
+
+@pytest.fixture
+def postgres_url(postgres_schema) -> str:
+    """A sink URL writing into the test's own PostgreSQL schema."""
+    return postgres_schema.url
+
+
+@pytest.fixture
+def sqlite_url(request, tmp_path) -> str:
+    """The sink URL: a SQLite file, unless the test's deployment names another sink."""
+    sink = request.getfixturevalue("deployment").sink if "deployment" in request.fixturenames else "sqlite"
+    if sink == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    if sink == "sqlite-per-simulation":
+        return f"sqlite:///{tmp_path / 'runs'}/{{simulation_id}}.db"
     return f"sqlite:///{tmp_path / 'sink.db'}"
 
 
 @pytest.fixture
 def sink_engine(sqlite_url):
-    engine = create_engine(sqlite_url)
+    """An engine on the sink; for per-simulation files, one that finds each simulation's file."""
+    engine = PerSimulationEngines(sqlite_url) if "{simulation_id}" in sqlite_url else create_engine(sqlite_url)
     yield engine
     engine.dispose()
 

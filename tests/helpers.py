@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 
 from common import schema
+from common.connections import simulation_db_url
+from common.settings import SIMULATION_ID_PLACEHOLDER
 from producer import RedisBufferedDataLogger
 
 ACTIONS = ("move", "gather", "attack")
@@ -67,9 +71,47 @@ IDENTITY_COLUMNS = {
 }
 
 
+class PerSimulationEngines:
+    """Read access to a per-simulation sink (``sqlite:///runs/{simulation_id}.db``): one engine per file."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._engines: dict[str, object] = {}
+
+    def for_simulation(self, simulation_id: str):
+        """The engine on ``simulation_id``'s own file."""
+        url = simulation_db_url(self.template, simulation_id)
+        if url not in self._engines:
+            self._engines[url] = create_engine(url)
+        return self._engines[url]
+
+    def every_file(self) -> list:
+        """An engine on every simulation file that exists now."""
+        pattern = make_url(self.template).database.replace(SIMULATION_ID_PLACEHOLDER, "*")
+        found = []
+        for path in sorted(glob.glob(pattern)):
+            if path.endswith(("-wal", "-shm", "-journal")):
+                continue
+            url = f"sqlite:///{path}"
+            found.append(self._engines.setdefault(url, create_engine(url)))
+        return found
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+
+
+def engines_of(sink, simulation_id: str | None = None) -> list:
+    """The engines to read for ``simulation_id`` (None: every simulation) on any kind of sink."""
+    if not isinstance(sink, PerSimulationEngines):
+        return [sink]
+    return [sink.for_simulation(simulation_id)] if simulation_id else sink.every_file()
+
+
 def persisted_identities(engine, simulation_id: str) -> dict[str, Counter]:
     """The identity of every row in SQL for ``simulation_id``, per table (duplicates counted)."""
     found = {}
+    [engine] = engines_of(engine, simulation_id)
     with engine.connect() as connection:
         for table_name, columns in IDENTITY_COLUMNS.items():
             table = schema.metadata.tables[table_name]
@@ -92,11 +134,14 @@ def assert_rows_match(engine, simulation_id: str, expected: dict[str, Counter]) 
 
 
 def dead_letter_count(engine, simulation_id: str | None = None) -> int:
-    with engine.connect() as connection:
-        query = select(schema.dead_letters.c.id)
-        if simulation_id:
-            query = query.where(schema.dead_letters.c.simulation_id == simulation_id)
-        return len(connection.execute(query).all())
+    query = select(schema.dead_letters.c.id)
+    if simulation_id:
+        query = query.where(schema.dead_letters.c.simulation_id == simulation_id)
+    total = 0
+    for each in engines_of(engine, simulation_id):
+        with each.connect() as connection:
+            total += len(connection.execute(query).all())
+    return total
 
 
 def total_expected(expected: dict[str, Counter]) -> int:

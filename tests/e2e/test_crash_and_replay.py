@@ -19,6 +19,9 @@ from tests.helpers import assert_rows_match, dead_letter_count, produce_workload
 
 FAST = ("--block-ms", "100")
 
+# Also on one SQLite file per simulation, PostgreSQL and a 3-master Redis Cluster (tests/conftest.py).
+pytestmark = pytest.mark.every_deployment
+
 
 def new_logger(redis_server, namespace, simulation_id) -> RedisBufferedDataLogger:
     return RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, batch_size=500)

@@ -51,7 +51,7 @@ def test_a_simulations_keys_share_one_cluster_hash_tag():
 
 def test_each_package_exports_exactly_its_public_names():
     assert producer.__all__ == ["FlushReport", "RedisBufferedDataLogger", "StreamProducer"]
-    assert {"Worker", "Supervisor", "Sink", "stream_status", "HealthThresholds", "verdict"} <= set(consumer.__all__)
+    assert {"Worker", "Supervisor", "Sink", "SinkPool", "stream_status", "HealthThresholds", "verdict"} <= set(consumer.__all__)
     assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS"} <= set(common.__all__)
     assert {"RecentStates", "RedisSTMConfig", "RedisIMConfig", "TierWriter"} <= set(common.__all__)
     for package in (common, consumer, producer):

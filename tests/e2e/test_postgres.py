@@ -1,0 +1,44 @@
+"""Consumer processes writing to a real PostgreSQL in parallel, through cut connections."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import create_engine
+
+from producer import RedisBufferedDataLogger
+from tests.helpers import assert_rows_match, dead_letter_count, produce_workload, wait_for
+
+FAST = ("--block-ms", "100")
+
+
+def test_parallel_consumers_whose_connections_are_cut_write_every_row_once(
+        cli, redis_server, postgres_schema, namespace, simulation_id):
+    # Given: two complete simulations and three consumer processes writing to PostgreSQL
+    cli.env["SIMSTREAM_DB_URL"] = postgres_schema.url
+    expected = {}
+    for sim in (simulation_id, simulation_id + "-b"):
+        logger = RedisBufferedDataLogger(sim, redis_server.url, namespace=namespace, batch_size=500)
+        expected[sim] = produce_workload(logger, steps=120, agents=15)
+        logger.close()
+    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "100", *FAST)
+    wait_for(lambda: "worker.started" in cli.output(consumers), what="a consumer at work")
+
+    # When: the server cuts every consumer connection again and again while they work
+    cut = 0
+    deadline = time.monotonic() + 90
+    while consumers.poll() is None and time.monotonic() < deadline:
+        cut += postgres_schema.terminate_connections()
+        time.sleep(0.2)
+
+    # Then: they retry, exit 0 once all is persisted, and every row is in PostgreSQL exactly once
+    assert consumers.wait(60) == 0, cli.output(consumers)
+    output = cli.output(consumers)
+    assert cut > 0 and ("worker.db_retry" in output or "worker.transient_error" in output), output
+    engine = create_engine(postgres_schema.url)
+    try:
+        for sim, rows in expected.items():
+            assert_rows_match(engine, sim, rows)
+        assert dead_letter_count(engine) == 0
+    finally:
+        engine.dispose()
