@@ -48,7 +48,8 @@ def trim_persisted(client: redis.Redis, stream: str) -> int:
     An approximate XTRIM removes at most ``_TRIM_STEP`` entries per call (Redis's own default
     LIMIT for ``~``), so a consumer persisting faster than that per retention pass would leave
     a growing tail. Trimming repeats in such bounded steps, each short for the server, until a
-    step removes less than a full one or ``_TRIM_STEPS_PER_PASS`` are done.
+    step removes nothing or ``_TRIM_STEPS_PER_PASS`` are done. (A step removes whole stream
+    nodes only, so a step that still had work to do may remove a little less than the limit.)
     """
     point = trim_point(client, stream)
     if point is None:
@@ -57,7 +58,7 @@ def trim_persisted(client: redis.Redis, stream: str) -> int:
     for _ in range(_TRIM_STEPS_PER_PASS):
         step = client.xtrim(stream, minid=point, approximate=True, limit=_TRIM_STEP)
         removed += step
-        if step < _TRIM_STEP:
+        if step == 0:
             break
     return removed
 

@@ -71,6 +71,8 @@ def _deployments(every: bool) -> list[Deployment]:
 def pytest_generate_tests(metafunc) -> None:
     if "deployment" in metafunc.fixturenames:
         deployments = _deployments(metafunc.definition.get_closest_marker("every_deployment") is not None)
+        if metafunc.definition.get_closest_marker("newest_redis") is not None:
+            deployments = deployments[len(REDIS_BINARIES) - 1:len(REDIS_BINARIES)]
         metafunc.parametrize("deployment", deployments, ids=[d.id for d in deployments], indirect=True)
 
 

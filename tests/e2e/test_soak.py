@@ -17,14 +17,13 @@ import pytest
 from common.keys import Keys
 from consumer.inspect import stream_status
 from producer import RedisBufferedDataLogger
-from tests.conftest import REDIS_BINARIES
 from tests.e2e.test_crash_and_replay import worker_pids
 from tests.helpers import assert_rows_match, produce_workload, total_expected, wait_for
 
 FAST = ("--block-ms", "100")
 
 # Long runs go on the newest Redis only; the shorter fault tests cover every version.
-NEWEST_REDIS = pytest.mark.parametrize("redis_binary", [REDIS_BINARIES[-1][1]], ids=[REDIS_BINARIES[-1][0]])
+NEWEST_REDIS = pytest.mark.newest_redis
 AGENTS = 50  # 50 agents, 5 resources: 156 records per step
 
 
