@@ -62,6 +62,9 @@ def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, na
     # Given: three consumer processes started before the simulation
     logger = new_logger(redis_server, namespace, simulation_id)
     consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "200", *FAST)
+    logger.flush_all_buffers()  # registers the simulation, so each worker finds its stream
+    wait_for(lambda: cli.output(consumers).count("worker.stream_discovered") == 3, timeout_s=60,
+             what="all three workers to start")
 
     # When: the simulation logs while they run, then closes
     expected = produce_workload(logger, steps=150, agents=20)
