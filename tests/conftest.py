@@ -81,6 +81,12 @@ def deployment(request) -> Deployment:
     return request.param
 
 
+# With "everysec", Redis may postpone writing the AOF while a background fsync is slow, so an
+# acknowledged write can die with a SIGKILLed server. Tests that kill Redis assert that nothing
+# acknowledged is lost; "always" makes that the server's promise instead of a race with the disk.
+_TEST_AOF = ("--appendfsync", "always")
+
+
 class RedisServer:
     """A test's own redis-server on 127.0.0.1:port, which the test may kill and restart."""
 
@@ -89,7 +95,8 @@ class RedisServer:
         self.data_dir = data_dir
         self.port = free_port()
         self.appendonly = appendonly
-        self.server = EmbeddedRedis(data_dir, port=self.port, binary=binary, appendonly=appendonly)
+        self.server = EmbeddedRedis(data_dir, port=self.port, binary=binary, appendonly=appendonly,
+                                    extra_args=_TEST_AOF)
         self.server.start()
 
     @property
@@ -105,7 +112,8 @@ class RedisServer:
 
     def restart(self) -> None:
         """Start again at the same address on the same data folder."""
-        self.server = EmbeddedRedis(self.data_dir, port=self.port, binary=self.binary, appendonly=self.appendonly)
+        self.server = EmbeddedRedis(self.data_dir, port=self.port, binary=self.binary, appendonly=self.appendonly,
+                                    extra_args=_TEST_AOF)
         self.server.start()
 
     def stop(self) -> None:
