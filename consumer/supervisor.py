@@ -47,7 +47,6 @@ class Supervisor:
         self.log_json = log_json
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, BaseProcess] = {}
-        self._ready: dict[int, object] = {}
         self._finished: dict[int, int] = {}
         self._restarts: dict[int, int] = {}
         self._stop = threading.Event()
@@ -101,10 +100,9 @@ class Supervisor:
         return ExitCode.OK if all(code == 0 for code in self._finished.values()) else ExitCode.FAILED
 
     def _start(self, slot: int) -> None:
-        ready = self._context.Event()
         process = self._context.Process(
             target=_worker_main, name=f"simstream-worker-{slot}",
-            args=(ready, self.settings, slot, os.getpid(), self.log_level, self.log_json))
+            args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
         # The child inherits this mask across exec and unblocks once its handler is installed,
         # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
         # Start multiprocessing's resource tracker first: starting it unblocks SIGINT/SIGTERM
@@ -116,7 +114,6 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self._workers[slot] = process
-        self._ready[slot] = ready
         log.info("supervisor.worker_started slot=%d pid=%d", slot, process.pid)
 
     def _watch(self) -> None:
@@ -143,22 +140,17 @@ class Supervisor:
 
     def _stop_all(self) -> int:
         """Ask every live worker to finish its batch and exit; wait, then kill stragglers."""
-        live = [(slot, p) for slot, p in self._workers.items() if slot not in self._finished and p.is_alive()]
+        live = [p for slot, p in self._workers.items() if slot not in self._finished and p.is_alive()]
+        for process in live:
+            os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE_S
-        for slot, process in live:
-            # A worker still starting up has no handler yet: SIGTERM would kill it, not stop it.
-            while process.is_alive() and not self._ready[slot].wait(0.05) and time.monotonic() < deadline:
-                pass
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        live = [process for _, process in live]
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 log.error("supervisor.worker_killed pid=%d (did not stop in %.0fs)", process.pid, _STOP_GRACE_S)
                 process.kill()
                 process.join()
-        codes = [p.exitcode for p in live] + list(self._finished.values())
+        codes = [_stop_code(p.exitcode) for p in live] + list(self._finished.values())
         log.info("supervisor.stopped workers=%d exit_codes=%s", len(self._workers), codes)
         return ExitCode.OK if all(code == 0 for code in codes) else ExitCode.FAILED
 
@@ -173,13 +165,23 @@ class Supervisor:
         signal.signal(signal.SIGINT, on_signal)
 
 
-def _worker_main(ready, settings: ConsumerSettings, slot: int, parent_pid: int, log_level: str,
-                 log_json: bool) -> None:
+def _stop_code(exitcode: int) -> int:
+    """A worker's exit code after a stop; killed by that SIGTERM counts as a clean stop.
+
+    Only a worker still starting (before ``_worker_main`` blocked the signal) can die of SIGTERM:
+    afterwards its handler turns SIGTERM into a clean stop. So it had read nothing yet.
+    """
+    if exitcode == -signal.SIGTERM:
+        log.info("supervisor.worker_stopped_while_starting")
+        return int(ExitCode.OK)
+    return exitcode
+
+
+def _worker_main(settings: ConsumerSettings, slot: int, parent_pid: int, log_level: str, log_json: bool) -> None:
     """Worker process entry: hold stop signals until the worker's own handler is installed.
 
     The worker unblocks them once its handler is in place, so a stop that arrives while it is
-    still starting is a clean stop. ``ready`` tells the supervisor a SIGTERM is safe to send.
+    setting up is a clean stop; one that arrives even earlier kills it before it read anything.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    ready.set()
     run_worker(settings, slot, parent_pid, log_level, log_json)
