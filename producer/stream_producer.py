@@ -89,6 +89,7 @@ class StreamProducer:
         self._sender = BatchSender(self.simulation_id, self.producer_id, self._buffer,
                                    self.settings, self.keys)
         self._sender.start()
+        self._batch_size, self._wake = self.settings.batch_size, self._sender.wake
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
                  experiment_id=experiment_id, parameters=parameters)
@@ -105,8 +106,8 @@ class StreamProducer:
         seq = self._next_seq()
         self._buffer.append((kind, seq, fields))
         self._last_seq = seq
-        if len(self._buffer) >= self.settings.batch_size:
-            self._sender.wake.set()
+        if len(self._buffer) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()  # Event.set takes a lock: only when the sender is not already woken
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
 
