@@ -109,12 +109,16 @@ class RecordKind:
             row[name] = value
         for column in self.json_text:
             if row[column] is not None:
-                row[column] = json.dumps(row[column], sort_keys=True)
+                row[column] = _json_text(row[column])
         if self.keyed_by_record:
             row["record_key"] = record_key
         if self.derive is not None:
             row.update(self.derive(simulation_id, row))
         return row
+
+
+_json_text = json.JSONEncoder(sort_keys=True).encode
+"""json.dumps(value, sort_keys=True) without building an encoder per call."""
 
 
 def _type_error(kind: str, name: str, types: tuple[type, ...], value: Any) -> RecordError:

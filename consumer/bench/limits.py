@@ -27,7 +27,7 @@ from common.workload import Mix, encoded_payloads, mix_records
 PRODUCER_BATCH = 2000
 CONSUMER_BATCH = 1000
 RAW_PRODUCER_ID = "bench-raw"
-ENTRY_FIELD = b"r"
+ENTRY_FIELD = b"r"  # the one field of an entry, as the producer writes it
 GROUP = "bench-limit"
 
 
@@ -125,6 +125,7 @@ def sql_insert_limit(db_url: str, simulation_id: str, mix: Mix) -> float:
 def pipeline_limit(redis_url: str, stream: str, db_url: str, simulation_id: str, payloads: list[bytes]) -> float:
     """Records/s of the minimal XREADGROUP -> unpack -> executemany -> XACK loop."""
     client = redis.Redis.from_url(redis_url)
+    client.set_response_callback("XREADGROUP", lambda response, **_: response)  # raw reply, no dicts
     xadd_limit(redis_url, stream, payloads)  # fill the stream (not timed)
     client.xgroup_create(stream, GROUP, id="0")
     writer = RawWriter(db_url, simulation_id)
@@ -132,11 +133,12 @@ def pipeline_limit(redis_url: str, stream: str, db_url: str, simulation_id: str,
     try:
         started = time.perf_counter()
         while done < len(payloads):
-            reply = client.xreadgroup(GROUP, "c0", {stream: ">"}, count=CONSUMER_BATCH, block=1000)
-            entries = reply[0][1] if reply else []
+            reply = client.execute_command("XREADGROUP", "GROUP", GROUP, "c0", "COUNT", CONSUMER_BATCH,
+                                           "BLOCK", 1000, "STREAMS", stream, ">")
+            entries = _stream_entries(reply)
             rows_by_kind: dict[str, list[Any]] = defaultdict(list)
-            for _, entry in entries:
-                _, kind, producer_id, seq, fields = unpack(entry[ENTRY_FIELD])
+            for _, (_, payload) in entries:  # [id, [b"r", payload]]
+                _, kind, producer_id, seq, fields = unpack(payload)
                 rows_by_kind[kind].append(writer.builders[kind](fields, f"{producer_id}:{seq}"))
             writer.write(rows_by_kind)
             client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
@@ -145,6 +147,14 @@ def pipeline_limit(redis_url: str, stream: str, db_url: str, simulation_id: str,
     finally:
         writer.close()
         client.close()
+
+
+def _stream_entries(reply: Any) -> list:
+    """The entries of the one stream in an XREADGROUP reply (RESP2 pairs or RESP3 map)."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return next(iter(pairs))[1]
 
 
 def raw_payloads(mix: Mix) -> list[bytes]:

@@ -182,7 +182,10 @@ def run_bench(options: BenchOptions) -> int:
     with tempfile.TemporaryDirectory(prefix="simstream-bench-") as scratch:
         ctx = BenchContext(options, Path(scratch), fresh_redis, database_factory(Path(scratch), options.db_url))
         for measurement in BUILT_IN + EXTRA_MEASUREMENTS:
-            ctx.rows += measurement(ctx)
+            rows = measurement(ctx)
+            for row in rows:  # a busy machine moves the figures: keep how busy it was next to them
+                row.figures.setdefault("load_avg_1m", round(psutil.getloadavg()[0], 2))
+            ctx.rows += rows
         apply_ratios(ctx)
         meta["seconds"] = round(time.monotonic() - started, 1)
         write_report(options.out_dir, ctx.rows, targets(ctx), meta)
