@@ -6,9 +6,10 @@ from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, Gr
 from common.keys import Keys
 from common.records import KINDS, RecordKind
 from common.settings import ConsumerSettings, ProducerSettings
+from common.workload import Mix
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
-    "GroupMissing", "Keys", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
+    "GroupMissing", "Keys", "Mix", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
     "RedisUnavailable", "SimstreamError", "TransientError", "decode", "make_encoder",
 ]
