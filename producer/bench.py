@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mix = Mix(args.records, args.agents, args.resources)
     with tempfile.TemporaryDirectory(prefix="simstream-bench-journal-") as journal_dir:
+        # No consumers drain the stream while the flat run fills it: keep the backlog policy out of
+        # the way (it would spill to the journal past the high-water mark) so the run measures sending.
         producer = StreamProducer(args.simulation_id, args.redis_url, namespace=args.namespace,
-                                  journal_dir=journal_dir)
+                                  journal_dir=journal_dir, high_water_records=max(1_000_000, 2 * mix.total))
         if args.mode == "paced":
             producer.flush()
             print(json.dumps({"ready": True}), flush=True)
