@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass, field
 import signal
 import time
 from typing import Any
@@ -98,6 +99,16 @@ def _all_acked(client: redis.Redis, stream: str, last_id: str) -> bool:
     return progress is None or (progress[0] == last_id and progress[1] == 0)
 
 
+@dataclass
+class _Watch:
+    """What the end-to-end run observed while the producer logged."""
+
+    seen: dict[int, float] = field(default_factory=dict)  # step -> when its row was first seen committed
+    killed_at: float = float("inf")
+    recovery_s: float | None = None
+    max_backlog: int = 0  # longest the stream got: entries not yet persisted or not yet trimmed
+
+
 def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, Any]:
     """Paced producer -> ``processes`` consumers: latency, peak memory, recovery after SIGKILL."""
     simulation_id, namespace = _names()
@@ -113,7 +124,7 @@ def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, 
                 poll_until(lambda: (group_progress(client, stream, DEFAULT_GROUP) or ("", 0, 0))[2] >= processes,
                            60, 0.02, "the consumers to join the group")
                 producer.go()
-                seen, killed_at, recovery_s = _watch_steps(ctx, client, engine, stream, consumers, producer)
+                watch = _watch_steps(ctx, client, engine, stream, consumers, producer)
                 result = producer.result()
                 wait_exit(consumers, _RUN_TIMEOUT_S, "simstream consume --drain", log_path)
             peak = int(client.info("memory")["used_memory_peak"])
@@ -122,11 +133,11 @@ def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, 
             engine.dispose()
         check_rows(db_url, simulation_id, ctx.mix)
         client.close()
-    latencies = sorted(seen[step] - logged for step, logged in enumerate(result["step_times"], start=1)
-                       if step in seen and seen[step] < killed_at)
+    latencies = sorted(watch.seen[step] - logged for step, logged in enumerate(result["step_times"], start=1)
+                       if step in watch.seen and watch.seen[step] < watch.killed_at)
     return {"processes": processes, "rate": rate, "latency_p50_ms": _pick(latencies, 0.5) * 1000,
             "latency_p99_ms": _pick(latencies, 0.99) * 1000, "latency_samples": len(latencies),
-            "peak_redis_bytes": peak, "recovery_s": recovery_s}
+            "peak_redis_bytes": peak, "max_stream_length": watch.max_backlog, "recovery_s": watch.recovery_s}
 
 
 def _pick(ordered: list[float], share: float) -> float:
@@ -135,48 +146,70 @@ def _pick(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _watch_steps(ctx: BenchContext, client: redis.Redis, engine, stream: str, consumers, producer):
+def _watch_steps(ctx: BenchContext, client: redis.Redis, engine, stream: str, consumers, producer) -> _Watch:
     """Note when each step row commits; SIGKILL a worker half-way and time its recovery."""
-    seen: dict[int, float] = {}
+    watch = _Watch()
     kill_after = ctx.mix.steps // 2
-    killed_at, recovery_s = float("inf"), None
     with engine.connect() as connection:
-        while producer.process.poll() is None or len(seen) < ctx.mix.steps:
+        while producer.process.poll() is None or len(watch.seen) < ctx.mix.steps:
             now = time.monotonic()
             for (step,) in connection.execute(text("SELECT step_number FROM simulation_steps")):
-                seen.setdefault(step, now)
+                watch.seen.setdefault(step, now)
             connection.rollback()  # end the read transaction so the next poll sees new commits
-            if recovery_s is None and len(seen) >= kill_after:
-                killed_at, recovery_s = _kill_and_recover(client, stream, consumers)
+            watch.max_backlog = max(watch.max_backlog, client.xlen(stream))
+            if watch.recovery_s is None and len(watch.seen) >= kill_after:
+                watch.killed_at, watch.recovery_s = _kill_and_recover(client, stream, consumers)
             if consumers.poll() is not None:
                 break
             time.sleep(_POLL_S)
-    return seen, killed_at, recovery_s
+    return watch
 
 
-def _kill_and_recover(client: redis.Redis, stream: str, consumers) -> tuple[float, float]:
-    """SIGKILL worker slot 0 while it holds entries; seconds until they are all acknowledged."""
-    worker = _worker_processes(consumers.pid)[0]
+def _kill_and_recover(client: redis.Redis, stream: str, consumers, attempts: int = 5) -> tuple[float, float]:
+    """SIGKILL worker slot 0 while it holds entries; seconds until they are all acknowledged.
+
+    What it held is read after it died (nothing changes a dead consumer's pending entries); if it
+    died between batches, holding nothing, the supervisor restarts it and we try again.
+    """
     name = consumer_name(0)
-    held = poll_until(lambda: client.xpending_range(stream, DEFAULT_GROUP, "-", "+", 100_000, consumername=name),
-                      60, 0.001, "worker 0 to hold entries")
-    os.kill(worker.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    ids = {row["message_id"] for row in held}
-    low, high = held[0]["message_id"], held[-1]["message_id"]  # XPENDING lists ids in order
+    for _ in range(attempts):
+        workers = _worker_processes(consumers.pid)
+        worker = workers[0]
+        poll_until(lambda: client.xpending_range(stream, DEFAULT_GROUP, "-", "+", 1, consumername=name),
+                   60, 0.001, "worker 0 to hold entries")
+        os.kill(worker.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        worker.wait(10)
+        held = client.xpending_range(stream, DEFAULT_GROUP, "-", "+", 100_000, consumername=name)
+        if held:
+            ids = {row["message_id"] for row in held}
+            low, high = held[0]["message_id"], held[-1]["message_id"]  # XPENDING lists ids in order
 
-    def recovered() -> bool:
-        still = client.xpending_range(stream, DEFAULT_GROUP, low, high, len(ids))
-        return not any(row["message_id"] in ids for row in still)
+            def recovered() -> bool:
+                still = client.xpending_range(stream, DEFAULT_GROUP, low, high, len(ids))
+                return not any(row["message_id"] in ids for row in still)
 
-    poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
-    return killed_at, time.monotonic() - killed_at
+            poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
+            return killed_at, time.monotonic() - killed_at
+        poll_until(lambda: _restarted(consumers.pid, worker.pid, len(workers)), 60, 0.02,
+                   "the supervisor to restart the killed worker")
+    raise BenchError(f"worker 0 held no entries at any of {attempts} kills; use more --records")
 
 
-def _worker_processes(supervisor_pid: int) -> list[psutil.Process]:
-    """The supervisor's worker children, oldest (slot 0) first."""
-    children = [child for child in psutil.Process(supervisor_pid).children()
-                if "spawn_main" in " ".join(child.cmdline())]
-    if not children:
+def _restarted(supervisor_pid: int, killed_pid: int, count: int) -> bool:
+    pids = [process.pid for process in _worker_processes(supervisor_pid, require=False)]
+    return len(pids) == count and killed_pid not in pids
+
+
+def _worker_processes(supervisor_pid: int, require: bool = True) -> list[psutil.Process]:
+    """The supervisor's live worker children, oldest (slot 0) first."""
+    children = []
+    for child in psutil.Process(supervisor_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
+                children.append(child)
+        except psutil.Error:
+            continue  # exited while we looked
+    if require and not children:
         raise BenchError("found no consumer worker process to kill")
     return sorted(children, key=lambda child: child.create_time())
