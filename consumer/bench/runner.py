@@ -131,8 +131,14 @@ def apply_ratios(ctx: BenchContext) -> None:
     if end and one and direct and queue:
         end.figures["x_direct_sqlite"] = one.rate / direct.rate
         end.figures["x_list_queue"] = one.rate / queue.rate
-        end.ratio_text = (f"x{min(ctx.options.consumers)} consumer: {end.figures['x_direct_sqlite']:.1f}x direct SQLite, "
+        end.ratio_text = (f"x{min(ctx.options.consumers)}: {end.figures['x_direct_sqlite']:.1f}x direct SQLite, "
                           f"{end.figures['x_list_queue']:.1f}x list queue")
+        most = ctx.row(f"simstream_consumers_{max(ctx.options.consumers)}")
+        if most is not one and most:
+            end.figures["x_direct_sqlite_most"] = most.rate / direct.rate
+            end.figures["x_list_queue_most"] = most.rate / queue.rate
+            end.ratio_text += (f"; x{max(ctx.options.consumers)}: {end.figures['x_direct_sqlite_most']:.1f}x, "
+                               f"{end.figures['x_list_queue_most']:.1f}x")
     if producer and direct:
         producer.figures["x_less_thread_time"] = direct.figures["us_per_record"] / producer.figures["log_mean_us"]
 
