@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
 import signal
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
