@@ -67,13 +67,14 @@ class RecordKind:
     derive: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
     allowed: frozenset[str] = field(init=False)
     required: frozenset[str] = field(init=False)
-    _checks: tuple[tuple[str, tuple[type, ...], bool, Any, bool], ...] = field(init=False, repr=False, compare=False)
+    _checks: tuple[tuple[str, tuple[type, ...], bool, Any, bool], ...] = field(init=False, repr=False,
+                                                                               compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed", frozenset(f.name for f in self.fields))
         object.__setattr__(self, "required", frozenset(f.name for f in self.fields if f.required))
-        # (name, types, required, default, rejects bool) per field: to_row runs once per record.
-        object.__setattr__(self, "_checks", tuple((f.name, f.types, f.required, f.default, bool not in f.types)
+        # (name, types, required, default, is a bool field) per field: to_row runs once per record.
+        object.__setattr__(self, "_checks", tuple((f.name, f.types, f.required, f.default, bool in f.types)
                                                   for f in self.fields))
 
     def check_names(self, fields: Mapping[str, Any]) -> None:
@@ -98,13 +99,15 @@ class RecordKind:
             raise RecordError(f"{self.name}: unknown fields {sorted(fields.keys() - self.allowed)}")
         row: dict[str, Any] = {"simulation_id": simulation_id}
         get = fields.get
-        for name, types, required, default, rejects_bool in self._checks:
+        for name, types, required, default, bool_field in self._checks:
             value = get(name)
             if value is None:
                 if required:
                     raise RecordError(f"{self.name}: field {name!r} is required")
                 value = default
-            elif not isinstance(value, types) or (rejects_bool and value.__class__ is bool):
+            # A bool is wrong where a number is wanted; where a bool is wanted, an int must be 0 or 1.
+            elif not isinstance(value, types) or (
+                    (value.__class__ is bool) is not bool_field and (not bool_field or value not in (0, 1))):
                 raise _type_error(self.name, name, types, value)
             row[name] = value
         for column in self.json_text:
@@ -122,7 +125,7 @@ _json_text = json.JSONEncoder(sort_keys=True).encode
 
 
 def _type_error(kind: str, name: str, types: tuple[type, ...], value: Any) -> RecordError:
-    expected = "/".join(t.__name__ for t in types)
+    expected = "bool (or 0/1)" if bool in types else "/".join(t.__name__ for t in types)
     return RecordError(f"{kind}: field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
 
 
