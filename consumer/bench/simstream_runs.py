@@ -107,6 +107,7 @@ class _Watch:
     seen: dict[int, float] = field(default_factory=dict)  # step -> when its row was first seen committed
     killed_at: float = float("inf")
     recovery_s: float | None = None
+    kills: int = 0  # SIGKILLs sent: a worker that died holding nothing is killed again after its restart
     max_backlog: int = 0  # longest the stream got: entries not yet persisted or not yet trimmed
 
 
@@ -138,7 +139,8 @@ def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, 
                        if step in watch.seen and watch.seen[step] < watch.killed_at)
     return {"processes": processes, "rate": rate, "latency_p50_ms": _pick(latencies, 0.5) * 1000,
             "latency_p99_ms": _pick(latencies, 0.99) * 1000, "latency_samples": len(latencies),
-            "peak_redis_bytes": peak, "max_stream_length": watch.max_backlog, "recovery_s": watch.recovery_s}
+            "peak_redis_bytes": peak, "max_stream_length": watch.max_backlog, "recovery_s": watch.recovery_s,
+            "kills": watch.kills}
 
 
 def _pick(ordered: list[float], share: float) -> float:
@@ -159,23 +161,23 @@ def _watch_steps(ctx: BenchContext, client: redis.Redis, engine, stream: str, co
             connection.rollback()  # end the read transaction so the next poll sees new commits
             watch.max_backlog = max(watch.max_backlog, client.xlen(stream))
             if watch.recovery_s is None and len(watch.seen) >= kill_after:
-                watch.killed_at, watch.recovery_s = _kill_and_recover(client, stream, consumers)
+                watch.killed_at, watch.recovery_s, watch.kills = _kill_and_recover(client, stream, consumers)
             if consumers.poll() is not None:
                 break
             time.sleep(_POLL_S)
     return watch
 
 
-def _kill_and_recover(client: redis.Redis, stream: str, consumers, attempts: int = 5) -> tuple[float, float]:
+def _kill_and_recover(client: redis.Redis, stream: str, consumers, attempts: int = 5) -> tuple[float, float, int]:
     """SIGKILL worker slot 0 while it holds entries; seconds until they are all acknowledged.
 
     What it held is read after it died (nothing changes a dead consumer's pending entries); if it
     died between batches, holding nothing, the supervisor restarts it and we try again.
     """
     name = consumer_name(0)
-    for _ in range(attempts):
-        workers = _worker_processes(consumers.pid)
-        worker = workers[0]
+    workers = _worker_processes(consumers.pid)
+    worker = workers[0]  # slot 0 is started first
+    for attempt in range(1, attempts + 1):
         poll_until(lambda: _holds_entries(client, stream, name), 60, 0.001, "worker 0 to hold entries")
         os.kill(worker.pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -193,9 +195,12 @@ def _kill_and_recover(client: redis.Redis, stream: str, consumers, attempts: int
                 return not any(row["message_id"] in ids for row in still)
 
             poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
-            return killed_at, time.monotonic() - killed_at
+            return killed_at, time.monotonic() - killed_at, attempt
         poll_until(lambda: _restarted(consumers.pid, worker.pid, len(workers)), 60, 0.02,
                    "the supervisor to restart the killed worker")
+        before = {process.pid for process in workers}
+        workers = _worker_processes(consumers.pid)
+        worker = next(process for process in workers if process.pid not in before)  # slot 0, restarted
     raise BenchError(f"worker 0 held no entries at any of {attempts} kills; use more --records")
 
 
