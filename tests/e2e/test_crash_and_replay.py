@@ -43,6 +43,14 @@ def delivered_any(redis_server, namespace, simulation_id) -> bool:
     return any(g["last-delivered-id"] not in (b"0-0", "0-0") for g in groups)
 
 
+def consumers_reading(redis_server, namespace, simulation_id) -> int:
+    """How many consumers of the group have read from the simulation's stream so far."""
+    try:
+        return len(redis_server.client().xinfo_consumers(f"{namespace}:{{{simulation_id}}}:stream", "simstream"))
+    except redis.ResponseError:  # no stream or group yet
+        return 0
+
+
 def worker_pids(supervisor) -> list[int]:
     """Live worker processes of a supervisor (not its resource tracker, not reaped corpses)."""
     pids = []
@@ -59,6 +67,9 @@ def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, na
     # Given: three consumer processes started before the simulation
     logger = new_logger(redis_server, namespace, simulation_id)
     consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "200", *FAST)
+    # (all three reading before the records come: one fast consumer could otherwise take them all)
+    wait_for(lambda: consumers_reading(redis_server, namespace, simulation_id) == 3, timeout_s=60,
+             what="three consumers reading the stream")
 
     # When: the simulation logs while they run, then closes
     expected = produce_workload(logger, steps=150, agents=20)
