@@ -56,8 +56,8 @@ class Supervisor:
         process = self._context.Process(
             target=run_worker, name=f"simstream-worker-{slot}",
             args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
-        # The child inherits this mask across exec and unblocks once its handler is installed,
-        # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
+        # Meant to hold a stop signal back until the child's handler is installed; a spawned child
+        # may start with an empty mask (CPython 3.11 does), so _stop_all also accepts that death.
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             process.start()
@@ -100,7 +100,9 @@ class Supervisor:
                 log.error("supervisor.worker_killed pid=%d (did not stop in %.0fs)", process.pid, _STOP_GRACE_S)
                 process.kill()
                 process.join()
-        codes = [p.exitcode for p in live] + list(self._finished.values())
+        # A worker still importing has no handler yet and dies of the SIGTERM itself (a spawned
+        # child does not keep the blocked mask): it had not read anything, so that is a clean stop.
+        codes = [0 if p.exitcode == -signal.SIGTERM else p.exitcode for p in live] + list(self._finished.values())
         log.info("supervisor.stopped workers=%d exit_codes=%s", len(self._workers), codes)
         return ExitCode.OK if all(code == 0 for code in codes) else ExitCode.FAILED
 
