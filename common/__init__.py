@@ -8,10 +8,11 @@ from common.records import KINDS, RecordKind
 from common.recent_state import RecentStates
 from common.settings import ConsumerSettings, ProducerSettings
 from common.tiers import RedisIMConfig, RedisSTMConfig, TierWriter
+from common.workload import Mix
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
-    "GroupMissing", "Keys", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
+    "GroupMissing", "Keys", "Mix", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
     "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SimstreamError", "TierWriter",
     "TransientError", "decode", "make_encoder",
 ]

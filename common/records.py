@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from sqlalchemy import Table
 
@@ -67,10 +68,15 @@ the order the simulation gave them, which msgpack preserves).
     derive: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
     allowed: frozenset[str] = field(init=False)
     required: frozenset[str] = field(init=False)
+    _checks: tuple[tuple[str, tuple[type, ...], bool, Any, bool], ...] = field(init=False, repr=False,
+                                                                               compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed", frozenset(f.name for f in self.fields))
         object.__setattr__(self, "required", frozenset(f.name for f in self.fields if f.required))
+        # (name, types, required, default, is a bool field) per field: to_row runs once per record.
+        object.__setattr__(self, "_checks", tuple((f.name, f.types, f.required, f.default, bool in f.types)
+                                                  for f in self.fields))
 
     def check_names(self, fields: Mapping[str, Any]) -> None:
         """Raise ValueError if ``fields`` lacks a required name or has an unknown one.
@@ -90,15 +96,24 @@ the order the simulation gave them, which msgpack preserves).
         """The complete table row for a record, or RecordError naming the first bad field."""
         if not isinstance(fields, Mapping):
             raise RecordError(f"{self.name}: fields must be a map, got {type(fields).__name__}")
-        unknown = fields.keys() - self.allowed
-        if unknown:
-            raise RecordError(f"{self.name}: unknown fields {sorted(unknown)}")
+        if not fields.keys() <= self.allowed:
+            raise RecordError(f"{self.name}: unknown fields {sorted(fields.keys() - self.allowed)}")
         row: dict[str, Any] = {"simulation_id": simulation_id}
-        for spec in self.fields:
-            row[spec.name] = _checked_value(self.name, spec, fields.get(spec.name))
+        get = fields.get
+        for name, types, required, default, bool_field in self._checks:
+            value = get(name)
+            if value is None:
+                if required:
+                    raise RecordError(f"{self.name}: field {name!r} is required")
+                value = default
+            # A bool is wrong where a number is wanted; where a bool is wanted, an int must be 0 or 1.
+            elif not isinstance(value, types) or (
+                    (value.__class__ is bool) is not bool_field and (not bool_field or value not in (0, 1))):
+                raise _type_error(self.name, name, types, value)
+            row[name] = value
         for column in self.json_text:
             if row[column] is not None:
-                row[column] = json.dumps(row[column])
+                row[column] = _json_text(row[column])
         if self.keyed_by_record:
             row["record_key"] = record_key
         if self.derive is not None:
@@ -106,17 +121,14 @@ the order the simulation gave them, which msgpack preserves).
         return row
 
 
-def _checked_value(kind: str, spec: FieldSpec, value: Any) -> Any:
-    if value is None:
-        if spec.required:
-            raise RecordError(f"{kind}: field {spec.name!r} is required")
-        return spec.default
-    if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
-        expected = "/".join(t.__name__ for t in spec.types)
-        raise RecordError(
-            f"{kind}: field {spec.name!r} must be {expected}, got {type(value).__name__} {value!r:.60}"
-        )
-    return value
+_json_text = json.JSONEncoder().encode
+"""json.dumps(value) (keys in the order given, as the reference logger writes) without building an
+encoder per call."""
+
+
+def _type_error(kind: str, name: str, types: tuple[type, ...], value: Any) -> RecordError:
+    expected = "bool (or 0/1)" if bool in types else "/".join(t.__name__ for t in types)
+    return RecordError(f"{kind}: field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
 
 
 def _agent_state_id(simulation_id: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from common.embedded_redis import EmbeddedRedis
 from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.keys import Keys
 from common.settings import (DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE,
-                             ENV_REDIS_URL, ConsumerSettings, is_per_simulation, normalize_db_url)
+                             ENV_REDIS_URL, ConsumerSettings, is_per_simulation, normalize_db_url, validate_db_url)
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,31 @@ def demo(agents, steps, consumers, db, redis_url, embedded_redis, log_level, log
     configure_logging("WARNING" if log_level.upper() == "INFO" else log_level, log_json)
     sys.exit(int(run_demo(agents=agents, steps=steps, consumers=consumers, db_url=normalize_db_url(db),
                           redis_url=redis_url, embedded=embedded_redis)))
+
+
+@cli.command()
+@click.option("--records", default=250_000, show_default=True, type=click.IntRange(1000),
+              help="Records in the mix (rounded up to whole steps of 100 agents, 20 resources).")
+@click.option("--consumers", default="1,2", show_default=True,
+              help="Consumer process counts to measure, comma-separated.")
+@click.option("--out", "out_dir", default="bench-results", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for bench.json, bench.md and bench.png.")
+@click.option("--db", default=None,
+              help="Run the consumer rows on this database (e.g. postgresql+psycopg://...) in a fresh schema; "
+                   "default: fresh SQLite files.")
+def bench(records, consumers, out_dir, db) -> None:
+    """Measure simstream against the machine's limits and the designs it replaces."""
+    from consumer.bench import BenchOptions, run_bench
+
+    configure_logging("WARNING")
+    try:
+        counts = tuple(sorted({int(part) for part in consumers.split(",") if part.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"{consumers!r}: use process counts like 1,2", param_hint="--consumers") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{consumers!r}: use process counts like 1,2", param_hint="--consumers")
+    db_url = validate_db_url(normalize_db_url(db)) if db else None
+    sys.exit(int(run_bench(BenchOptions(records=records, consumers=counts, out_dir=Path(out_dir), db_url=db_url))))
 
 
 @cli.group()

@@ -81,8 +81,13 @@ def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
     return sorted(_text(member) for member in client.smembers(keys.registry))
 
 
-def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: str) -> StreamStatus:
-    """The status of one simulation's stream for ``group``."""
+def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: str,
+                  exact_lag: bool = True) -> StreamStatus:
+    """The status of one simulation's stream for ``group``.
+
+    ``exact_lag=False``: on Redis 6.2 (no ``lag`` in XINFO) ``lag`` is only 0 or 1 (none / some),
+    which is all ``drained`` needs, instead of reading every undelivered entry to count them.
+    """
     status = StreamStatus(simulation_id, keys.stream(simulation_id))
     meta = text_dict(client.hgetall(keys.meta(simulation_id)))
     status.complete = meta.get("complete") == "1"
@@ -100,16 +105,17 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     for group_info in client.xinfo_groups(status.stream):
         group_info = text_dict(group_info)
         if group_info["name"] == group:
-            _fill_group(client, status, group, group_info)
+            _fill_group(client, status, group, group_info, exact_lag)
     status.acknowledged = max(0, status.entries_added - status.backlog)
     return status
 
 
-def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dict[str, Any]) -> None:
+def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dict[str, Any],
+                exact_lag: bool = True) -> None:
     status.group_exists = True
     status.pending = int(info["pending"])
     status.last_delivered_id = info["last-delivered-id"]
-    status.lag = _lag(client, status, info.get("lag"))
+    status.lag = _lag(client, status, info.get("lag"), _LAG_COUNT_CAP if exact_lag else 1)
     status.consumers = [
         {"name": _text(consumer["name"]), "pending": int(consumer["pending"]),
          "idle_ms": int(consumer["idle"])}
@@ -131,13 +137,13 @@ def _fill_oldest_pending(client: redis.Redis, status: StreamStatus, group: str) 
     status.oldest_pending_age_ms = max(0, seconds * 1000 + micros // 1000 - entry_id_tuple(entry_id)[0])
 
 
-def _lag(client: redis.Redis, status: StreamStatus, reported: Any) -> int:
+def _lag(client: redis.Redis, status: StreamStatus, reported: Any, count_cap: int = _LAG_COUNT_CAP) -> int:
     """Entries not yet delivered to the group: Redis 7's ``lag`` if valid, else counted."""
     if entry_id_tuple(status.last_delivered_id) >= entry_id_tuple(status.last_generated_id):
         return 0
     if reported is not None:
         return int(reported)
-    newer = client.xrange(status.stream, min=f"({status.last_delivered_id}", count=_LAG_COUNT_CAP)
+    newer = client.xrange(status.stream, min=f"({status.last_delivered_id}", count=count_cap)
     return len(newer)
 
 

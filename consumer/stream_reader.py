@@ -22,7 +22,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterError, TryAgainError
 
-from common.codec import entry_payload
+from common.codec import ENTRY_FIELD, entry_payload
 from common.connections import is_cluster
 from common.errors import GroupMissing, RedisUnavailable
 
@@ -65,7 +65,10 @@ def _entries(raw_entries: Iterable[Any]) -> tuple[list[Entry], bool]:
             saw_bare_nil = True
             continue
         entry_id, fields = raw[0], raw[1]
-        payload = entry_payload(dict(zip(fields[::2], fields[1::2]))) if fields is not None else None
+        if fields is not None and len(fields) == 2 and fields[0] == ENTRY_FIELD:
+            payload = fields[1]  # the usual entry: just our one field
+        else:
+            payload = entry_payload(dict(zip(fields[::2], fields[1::2]))) if fields is not None else None
         entries.append(Entry(entry_id, payload))
     return entries, saw_bare_nil
 

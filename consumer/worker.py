@@ -318,7 +318,7 @@ class Worker:
         """True when every registered simulation is complete and fully persisted."""
         try:
             registered = simulation_ids(self.client, self.keys)
-            return all(stream_status(self.client, self.keys, self.settings.group, sim).drained
+            return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False).drained
                        for sim in registered)
         except redis.RedisError as exc:
             raise TransientError(f"checking whether all simulations are persisted: {exc}") from exc

@@ -34,6 +34,12 @@ from common.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
 
+# One EVAL per batch XADDs every payload on the server: the client packs and parses one command
+# instead of one per record, which halves the sender's CPU per record (see README, Performance).
+# Entries and their order are the same as with one XADD each; a retried batch repeats entries
+# with the same record keys, which the sink ignores. Never MAXLEN.
+XADD_BATCH_SCRIPT = "for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end return #ARGV - 1"
+
 BufferedRecord = tuple[str, int, dict[str, Any]]
 """(kind, seq, fields) as ``log()`` leaves it for the sender."""
 
@@ -172,9 +178,7 @@ class BatchSender(threading.Thread):
 
     def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
         pipe = self._redis().pipeline(transaction=False)
-        for payload in payloads:
-            # execute_command skips redis-py's argument handling in xadd(); no MAXLEN, ever.
-            pipe.execute_command("XADD", self.stream_key, "*", ENTRY_FIELD, payload)
+        pipe.execute_command("EVAL", XADD_BATCH_SCRIPT, 1, self.stream_key, ENTRY_FIELD, *payloads)
         for command in extras:
             pipe.execute_command(*command)
         pipe.sadd(self.keys.registry, self.simulation_id)

@@ -98,6 +98,7 @@ class StreamProducer:
             tiers = TierWriter(self.settings.namespace, redis_stm_config, redis_im_config)
             self._sender.pipeline_extras = tiers.batch_hook(self.simulation_id)
         self._sender.start()
+        self._batch_size, self._wake = self.settings.batch_size, self._sender.wake
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
                  experiment_id=experiment_id, parameters=parameters)
@@ -114,8 +115,8 @@ class StreamProducer:
         seq = self._next_seq()
         self._buffer.append((kind, seq, fields))
         self._last_seq = seq
-        if len(self._buffer) >= self.settings.batch_size:
-            self._sender.wake.set()
+        if len(self._buffer) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()  # Event.set takes a lock: only when the sender is not already woken
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
 

@@ -67,3 +67,15 @@ def test_agent_state_rows_get_the_reference_id():
               "current_health": 1.0, "starting_health": 1.0, "starvation_counter": 0, "is_defending": False,
               "total_reward": 0.0, "age": 3}
     assert KINDS["agent_state"].to_row("sim-1", "p:1", fields)["id"] == "sim-1:a1-3"
+
+
+@pytest.mark.parametrize("value, accepted", [(True, True), (0, True), (1, True), (2, False), (1.0, False)])
+def test_a_bool_field_takes_a_bool_or_0_or_1(value, accepted):
+    fields = {"step_number": 3, "agent_id": "a1", "position_x": 1.0, "position_y": 2.0, "resource_level": 1.0,
+              "current_health": 1.0, "starting_health": 1.0, "starvation_counter": 0, "is_defending": value,
+              "total_reward": 0.0, "age": 3}
+    if accepted:
+        assert KINDS["agent_state"].to_row("sim-1", "p:1", fields)["is_defending"] == value
+    else:
+        with pytest.raises(RecordError, match="'is_defending' must be bool \\(or 0/1\\)"):
+            KINDS["agent_state"].to_row("sim-1", "p:1", fields)

@@ -9,6 +9,7 @@ import pytest
 
 import common
 import consumer
+import consumer.bench
 import producer
 from common.errors import ConfigurationError
 from common.keys import Keys
@@ -52,9 +53,11 @@ def test_a_simulations_keys_share_one_cluster_hash_tag():
 def test_each_package_exports_exactly_its_public_names():
     assert producer.__all__ == ["FlushReport", "RedisBufferedDataLogger", "StreamProducer"]
     assert {"Worker", "Supervisor", "Sink", "SinkPool", "stream_status", "HealthThresholds", "verdict"} <= set(consumer.__all__)
-    assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS"} <= set(common.__all__)
+    assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS", "Mix"} <= set(common.__all__)
     assert {"RecentStates", "RedisSTMConfig", "RedisIMConfig", "TierWriter"} <= set(common.__all__)
-    for package in (common, consumer, producer):
+    assert consumer.bench.__all__ == ["EXTRA_MEASUREMENTS", "BenchContext", "BenchOptions", "Measurement", "Row",
+                                      "run_bench"]
+    for package in (common, consumer, consumer.bench, producer):
         assert all(hasattr(package, name) for name in package.__all__)
 
 

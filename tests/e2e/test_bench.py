@@ -1,0 +1,111 @@
+"""``simstream bench`` end to end on a small mix: every row measured, every ratio from the same run.
+
+No timing asserts: the numbers depend on the machine. What is checked is that each configuration
+ran (positive figures), the outputs exist, and each ratio is the quotient of this run's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+ROW_KEYS = ["limit_xadd", "limit_sql", "limit_pipeline", "baseline_direct", "baseline_list_queue",
+            "simstream_producer", "simstream_consumers_1", "simstream_consumers_2", "end_to_end"]
+PG_URL = os.environ.get("SIMSTREAM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _bench(tmp_path, *extra: str, records: int = 20_000) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSTREAM_")}
+    return subprocess.run([sys.executable, "-m", "consumer", "bench", "--records", str(records),
+                           "--consumers", "1,2", "--out", str(tmp_path / "out"), *extra],
+                          env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+
+
+def _rows(tmp_path) -> dict[str, dict]:
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    return {row["key"]: row for row in report["rows"]}
+
+
+def _assert_complete_and_consistent(tmp_path, result) -> dict[str, dict]:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = tmp_path / "out"
+    assert (out / "bench.md").exists() and (out / "bench.json").exists()
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = _rows(tmp_path)
+    assert list(rows) == ROW_KEYS
+    markdown = (out / "bench.md").read_text()
+    for row in rows.values():
+        assert f"| {row['label']} |" in markdown and f"| {row['label']} |" in result.stdout
+        if row["key"] != "end_to_end":
+            assert row["rate"] > 0, row
+    producer = rows["simstream_producer"]["figures"]
+    assert 0 < producer["log_p50_us"] <= producer["log_p99_us"]
+    assert producer["in_redis"] == producer["records"] > 0
+    end = rows["end_to_end"]["figures"]
+    assert 0 < end["latency_p50_ms"] <= end["latency_p99_ms"]
+    assert end["peak_redis_bytes"] > 0 and end["recovery_s"] > 0 and end["latency_samples"] > 0
+    return rows
+
+
+def _assert_ratio(rows: dict[str, dict], key: str, base: str) -> None:
+    row = rows[key]
+    assert row["ratio_to"] == base
+    assert row["ratio"] == pytest.approx(row["rate"] / rows[base]["rate"], rel=1e-9)
+
+
+def test_bench_measures_every_row_and_computes_ratios_from_the_same_run(tmp_path):
+    # Given: no Redis or database configured (the bench starts its own, fresh per configuration)
+    # When: a small bench runs
+    result = _bench(tmp_path)
+
+    # Then: every row is there with positive figures, and each ratio uses this run's limits
+    rows = _assert_complete_and_consistent(tmp_path, result)
+    _assert_ratio(rows, "simstream_producer", "limit_xadd")
+    _assert_ratio(rows, "simstream_consumers_1", "limit_pipeline")
+    _assert_ratio(rows, "simstream_consumers_2", "limit_pipeline")
+    end, one = rows["end_to_end"]["figures"], rows["simstream_consumers_1"]["rate"]
+    assert end["x_direct_sqlite"] == pytest.approx(one / rows["baseline_direct"]["rate"], rel=1e-9)
+    assert end["x_list_queue"] == pytest.approx(one / rows["baseline_list_queue"]["rate"], rel=1e-9)
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"log()", "producer", "one", "end", "peak"}
+
+
+def _postgres_answers() -> bool:
+    try:
+        engine = create_engine(PG_URL)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except (SQLAlchemyError, ModuleNotFoundError):
+        return False
+
+
+def test_bench_runs_the_consumer_rows_on_postgresql_and_drops_its_schemas(tmp_path):
+    if not _postgres_answers():
+        pytest.skip(f"no PostgreSQL answers at {PG_URL} (set SIMSTREAM_TEST_PG_URL)")
+    # Given: a PostgreSQL database
+    # When: the bench runs with --db pointing at it
+    result = _bench(tmp_path, "--db", PG_URL, records=5_000)
+
+    # Then: the consumer rows ran on PostgreSQL, and no bench schema is left behind
+    rows = _assert_complete_and_consistent(tmp_path, result)
+    assert "PostgreSQL" in rows["simstream_consumers_1"]["detail"]
+    engine = create_engine(PG_URL)
+    with engine.connect() as connection:
+        left = connection.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'simstream_bench%'"))
+        assert left.all() == []
+    engine.dispose()
+
+
+def test_bench_with_bad_consumer_counts_says_what_to_use(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "consumer", "bench", "--consumers", "one"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "use process counts like 1,2" in result.stderr
