@@ -23,6 +23,7 @@ from consumer.bench import baselines, limits, simstream_runs
 from consumer.bench.environment import database_factory, fresh_redis, fresh_sqlite
 from consumer.bench.model import EXTRA_MEASUREMENTS, BenchContext, BenchOptions, Measurement, Row
 from consumer.bench.report import write_report
+from consumer.recent_state_bench import measure_recent_state_reads
 
 E2E_PACE_SHARE = 0.5
 """End to end paces the producer at this share of the measured consumer throughput."""
@@ -108,8 +109,25 @@ def measure_end_to_end(ctx: BenchContext) -> list[Row]:
                 f"recovery after SIGKILL {result['recovery_s']:.2f} s", result)]
 
 
+def measure_recent_state(ctx: BenchContext) -> list[Row]:
+    """read recent state: an agent's latest states from the Redis tier, and the same from SQLite."""
+    with ctx.fresh_redis() as server:
+        result = measure_recent_state_reads(server.url)
+    sqlite_side, redis_side = result["sqlite"], result["redis"]
+    ctx.say(f"read recent state: Redis p50 {redis_side['p50_us']:.0f} µs, SQLite p50 {sqlite_side['p50_us']:.0f} µs")
+    detail = (f"{result['n']} latest states of one of {result['agents']} agents x {result['steps']} steps, "
+              f"{result['reads']:,} reads")
+    base = Row("recent_state_sqlite", "read recent state: SQLite", sqlite_side["reads_per_s"],
+               f"{detail}; p50 {sqlite_side['p50_us']:.0f} µs, p99 {sqlite_side['p99_us']:.0f} µs (indexed)", result)
+    tier = Row("recent_state_redis", "read recent state: Redis", redis_side["reads_per_s"],
+               f"{detail}; p50 {redis_side['p50_us']:.0f} µs, p99 {redis_side['p99_us']:.0f} µs (short-term tier)",
+               result)
+    _ratio(tier, base, "of read recent state: SQLite")
+    return [base, tier]
+
+
 BUILT_IN: list[Measurement] = [measure_limits, measure_baselines, measure_producer, measure_consumers,
-                               measure_end_to_end]
+                               measure_end_to_end, measure_recent_state]
 
 
 def _backend(ctx: BenchContext) -> str:

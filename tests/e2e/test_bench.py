@@ -16,7 +16,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 ROW_KEYS = ["limit_xadd", "limit_sql", "limit_pipeline", "baseline_direct", "baseline_list_queue",
-            "simstream_producer", "simstream_consumers_1", "simstream_consumers_2", "end_to_end"]
+            "simstream_producer", "simstream_consumers_1", "simstream_consumers_2", "end_to_end",
+            "recent_state_sqlite", "recent_state_redis"]
 PG_URL = os.environ.get("SIMSTREAM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -69,6 +70,7 @@ def test_bench_measures_every_row_and_computes_ratios_from_the_same_run(tmp_path
     _assert_ratio(rows, "simstream_producer", "limit_xadd")
     _assert_ratio(rows, "simstream_consumers_1", "limit_pipeline")
     _assert_ratio(rows, "simstream_consumers_2", "limit_pipeline")
+    _assert_ratio(rows, "recent_state_redis", "recent_state_sqlite")
     end, one = rows["end_to_end"]["figures"], rows["simstream_consumers_1"]["rate"]
     assert end["x_direct_sqlite"] == pytest.approx(one / rows["baseline_direct"]["rate"], rel=1e-9)
     assert end["x_list_queue"] == pytest.approx(one / rows["baseline_list_queue"]["rate"], rel=1e-9)
