@@ -1,5 +1,8 @@
 """Shared fixtures: throwaway Redis servers (6.2 bundled, 7.x from PATH), SQLite files, the CLI.
 
+Where a Docker engine answers, ``every_deployment`` tests also run against Redis in a container
+(testcontainers, ``tests/containers.py``).
+
 Every Redis test runs once per available server version. Servers listen on free ports of
 127.0.0.1 and are killed at teardown; a test may kill and restart its server on the same AOF.
 
@@ -25,6 +28,7 @@ from sqlalchemy import create_engine
 
 from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
 from tests.cluster import RedisClusterServers
+from tests.containers import ContainerRedisServer, docker_answers
 from tests.helpers import PerSimulationEngines
 from tests.postgres import PostgresSchema, server_url
 
@@ -51,11 +55,13 @@ class Deployment:
     binary: str
     sink: str = "sqlite"  # "sqlite", "sqlite-per-simulation" or "postgresql"
     cluster: bool = False
+    container: bool = False  # Redis in a testcontainers container (only where Docker answers)
 
     @property
     def id(self) -> str:
         extra = [self.sink] if self.sink != "sqlite" else []
-        return "-".join([self.label, *extra, *(["cluster"] if self.cluster else [])])
+        return "-".join([self.label, *extra, *(["cluster"] if self.cluster else []),
+                         *(["container"] if self.container else [])])
 
 
 def _deployments(every: bool) -> list[Deployment]:
@@ -65,7 +71,14 @@ def _deployments(every: bool) -> list[Deployment]:
     label, binary = REDIS_BINARIES[-1]  # the 7.x on PATH if there is one, else the bundled 6.2
     return plain + [Deployment(label, binary, sink="sqlite-per-simulation"),
                     Deployment(label, binary, sink="postgresql"),
-                    Deployment(label, binary, cluster=True)]
+                    Deployment(label, binary, cluster=True)] + _container_deployments()
+
+
+def _container_deployments() -> list[Deployment]:
+    """Redis from the official image through testcontainers, where a Docker engine answers."""
+    if not docker_answers():
+        return []
+    return [Deployment("redis7.2", "", container=True)]
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -129,6 +142,8 @@ def redis_binary(deployment) -> str:
 def redis_server(deployment, tmp_path) -> RedisServer | RedisClusterServers:
     if deployment.cluster:
         server = RedisClusterServers(deployment.binary, tmp_path / "cluster")
+    elif deployment.container:
+        server = ContainerRedisServer()
     else:
         server = RedisServer(deployment.binary, tmp_path / "redis")
     yield server
