@@ -96,9 +96,13 @@ class Sink:
         for entry in entries:
             try:
                 record = decode(entry.payload)
-                row = record.to_row(simulation_id)
+                row = self._driver_row(record.kind.name, record.to_row(simulation_id))
             except RecordError as exc:
                 letters.append(DeadLetter(entry.entry_id, entry.payload, str(exc)))
+                continue
+            except (TypeError, ValueError, OverflowError) as exc:  # e.g. bytes inside a JSON column
+                letters.append(DeadLetter(entry.entry_id, entry.payload,
+                                          f"{record.kind.name}: a value cannot be stored: {exc}"))
                 continue
             kinds_of.append((record.kind.name, row, entry))
         try:
@@ -115,8 +119,7 @@ class Sink:
         try:
             with self.engine.begin() as connection:
                 for kind_name, kind_rows in rows_by_kind.items():
-                    connection.exec_driver_sql(self._sql_for(kind_name, kind_rows[0]),
-                                               self._driver_rows(kind_name, kind_rows))
+                    connection.exec_driver_sql(self._sql_for(kind_name, kind_rows[0]), kind_rows)
                     table = KINDS[kind_name].table.name
                     result.rows_by_table[table] = result.rows_by_table.get(table, 0) + len(kind_rows)
                 if letters:
@@ -137,19 +140,13 @@ class Sink:
             sql = self._driver_sql[key] = str(compiled)
         return sql
 
-    def _driver_rows(self, kind_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows as the driver takes them: what the skipped type processing did, done here (copies:
-        a batch may be committed again in halves)."""
-        conversions = self._conversions[kind_name]
-        if not conversions:
-            return rows
-        converted = []
-        for row in rows:
-            row = dict(row)
-            for column, convert in conversions:
-                row[column] = convert(row.get(column))
-            converted.append(row)
-        return converted
+    def _driver_row(self, kind_name: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The row as the driver takes it: what the skipped type processing did, done here, once
+        per record and inside the record's own guard, so a value that cannot be stored (bytes in a
+        JSON column) dead-letters its record instead of failing the batch."""
+        for column, convert in self._conversions[kind_name]:
+            row[column] = convert(row.get(column))
+        return row
 
     def _bisect(self, stream: str, simulation_id: str, rows: list[tuple[str, dict, Entry]],
                 letters: list[DeadLetter]) -> WriteResult:

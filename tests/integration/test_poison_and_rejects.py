@@ -40,6 +40,8 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
             "position_y": 0.0, "initial_resources": 1.0, "starting_health": 1.0}]),
         "'agent_id' is required": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 4, {
             "step_number": 1, "action_type": "move"}]),
+        "a value cannot be stored": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 6, {
+            "step_number": 1, "agent_id": "x", "action_type": "move", "details": {"blob": b"\x00"}}]),
     }
     poison_ids = {client.xadd(stream, {b"r": payload}).decode(): reason for reason, payload in poison.items()}
     foreign_id = client.xadd(stream, {b"something": b"else"}).decode()
