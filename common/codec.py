@@ -51,12 +51,33 @@ def _to_builtin(value: Any) -> Any:
     return repr(value)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with everything msgpack cannot carry replaced by its repr, recursively."""
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    converted = _to_builtin(value)  # numpy scalar or array -> Python value; anything else -> repr
+    return repr(value) if converted is value else _plain(converted)
+
+
 def make_encoder() -> Callable[[str, str, int, dict[str, Any]], bytes]:
-    """An encoder with its own reusable packer; use one per thread."""
-    pack = msgpack.Packer(use_bin_type=True, default=_to_builtin).pack
+    """An encoder with its own reusable packer; use one per thread. Never raises for a value:
+    what msgpack cannot carry (a datetime, an int past 64 bits) is sent as its repr, and the
+    consumer then takes it or dead-letters the record with the reason."""
+    packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
 
     def encode(kind: str, producer_id: str, seq: int, fields: dict[str, Any]) -> bytes:
-        return pack((FORMAT_VERSION, kind, producer_id, seq, fields))
+        nonlocal packer
+        try:
+            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, fields))
+        except (TypeError, ValueError, OverflowError):
+            packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)  # drop any half-packed state
+            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, _plain(fields)))
 
     return encode
 

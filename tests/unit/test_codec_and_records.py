@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import msgpack
 import pytest
 
@@ -79,3 +81,22 @@ def test_a_bool_field_takes_a_bool_or_0_or_1(value, accepted):
     else:
         with pytest.raises(RecordError, match="'is_defending' must be bool \\(or 0/1\\)"):
             KINDS["agent_state"].to_row("sim-1", "p:1", fields)
+
+
+def test_values_msgpack_cannot_carry_are_sent_as_their_repr_never_raised():
+    # Given: fields msgpack cannot pack, even after the numpy-style conversion
+    class Stamp:
+        def item(self):
+            return datetime.datetime(2026, 1, 2)  # what numpy.datetime64.item() gives
+
+    encode = make_encoder()
+    fields = {"step_number": 1, "agent_id": "a1", "action_type": "move",
+              "details": {"when": Stamp(), "big": 2**70, "ok": [1, 2.5, "x"]}}
+
+    # When: they are encoded (the sender thread must never die of a value)
+    record = decode(encode("agent_action", "p", 9, fields))
+
+    # Then: the unpackable values arrive as their repr, the rest unchanged, and the encoder still works
+    assert record.fields["details"] == {"when": repr(datetime.datetime(2026, 1, 2)), "big": repr(2**70),
+                                        "ok": [1, 2.5, "x"]}
+    assert decode(encode("agent_action", "p", 10, {"step_number": 2})).fields == {"step_number": 2}
