@@ -8,15 +8,23 @@ torn by a crash mid-write is ignored: it was never reported as journaled.
 
 Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
 the file, and the next replay sends all of it again (the copies write nothing new).
+
+Appending and replaying hold an exclusive ``flock`` on the file, so a replay by another process
+(``simstream replay-journal``, a second producer of the simulation) never removes frames its
+owner appended after the replay read the file: an append that waited on the lock finds the file
+removed and starts a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import msgpack
 import redis
@@ -58,7 +66,7 @@ class Journal:
     def append(self, payloads: list[bytes]) -> None:
         """Write ``payloads`` as frames; they are on disk (or in the OS cache) when this returns."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as handle:
+        with _locked(self.path, "ab") as handle:
             handle.write(b"".join(_FRAME_HEADER.pack(len(p)) + p for p in payloads))
             handle.flush()
             if self.fsync:
@@ -73,9 +81,27 @@ class Journal:
         return self.path.exists()
 
 
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
+    """``path`` opened and exclusively locked; FileNotFoundError if it is gone (read modes)."""
+    while True:
+        handle = open(path, mode)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        if os.fstat(handle.fileno()).st_nlink > 0:
+            break
+        handle.close()  # replayed and removed while we waited for the lock: open the path anew
+    try:
+        yield handle
+    finally:
+        handle.close()  # releases the lock
+
+
 def read_journal(path: str | Path) -> tuple[list[bytes], bool]:
     """The payloads of a journal in order, and whether it carries the completion marker."""
-    data = Path(path).read_bytes()
+    return _frames(Path(path).read_bytes())
+
+
+def _frames(data: bytes) -> tuple[list[bytes], bool]:
     payloads, complete, offset = [], False, 0
     while offset + _FRAME_HEADER.size <= len(data):
         (length,) = _FRAME_HEADER.unpack_from(data, offset)
@@ -103,10 +129,24 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
     """Send a journal's records to their simulation's stream in order, then delete the file.
 
     Raises redis.RedisError if Redis fails part-way; the file is then kept for the next try.
+    The file stays locked from reading to removal (see the module docstring); a journal another
+    replay removed meanwhile sends nothing.
     """
     path = Path(path)
-    simulation_id = simulation_of(path)
-    payloads, complete = read_journal(path)
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = stack.enter_context(_locked(path, "rb"))
+        except FileNotFoundError:
+            return ReplayResult(path, 0, False)
+        payloads, complete = _frames(handle.read())
+        sent = _send(client, keys, simulation_of(path), payloads, complete, batch_size)
+        path.unlink()
+    return ReplayResult(path, sent, complete)
+
+
+def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[bytes], complete: bool,
+          batch_size: int) -> int:
+    """XADD ``payloads`` in order, then record the producers' sequence numbers (and completion)."""
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
     last_seq: dict[str, int] = {}
     for start in range(0, len(payloads), batch_size):
@@ -123,8 +163,7 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
     if complete:
         pipe.hset(meta, mapping={"complete": 1, "completed_at": time.time()})
     pipe.execute()
-    path.unlink()
-    return ReplayResult(path, len(payloads), complete)
+    return len(payloads)
 
 
 def _note_identity(payload: bytes, last_seq: dict[str, int]) -> None:
