@@ -156,8 +156,9 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
         "simulation", schema.simulations,
         (opt("experiment_id", STR), opt("start_time", FLOAT), opt("status", STR, "running"),
          opt("parameters", JSON_VALUE), opt("simulation_db_path", STR)),
+        # A resumed producer (a second start record) fills what is missing, never blanks it.
         merge_columns=("experiment_id", "start_time", "parameters", "simulation_db_path"),
-        keep_existing=("status",),
+        keep_existing=("status", "experiment_id", "start_time", "parameters", "simulation_db_path"),
     ),
     RecordKind(
         "simulation_end", schema.simulations,

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from common import schema
 from common.codec import decode
 from common.connections import create_sink_engine, ensure_schema, simulation_db_url
-from common.errors import DatabaseUnavailable, RecordError
+from common.errors import ConfigurationError, DatabaseUnavailable, RecordError
 from common.records import KINDS, RecordKind
 from common.settings import is_per_simulation
 from consumer.stream_reader import Entry
@@ -231,7 +231,12 @@ class SinkPool:
         sink = self._sinks.get(simulation_id)
         if sink is None:
             url = simulation_db_url(self.db_url, simulation_id)
-            sink = self._sinks[simulation_id] = _open_sink(url)
+            try:
+                sink = self._sinks[simulation_id] = _open_sink(url)
+            except ConfigurationError as exc:
+                # The template was checked at start; a folder that cannot be made now (disk full,
+                # permissions changed) may be fixed while the entries wait: retry, do not exit.
+                raise DatabaseUnavailable(str(exc)) from exc
             log.info("sink.opened simulation=%s database=%s", simulation_id, url)
         return sink
 

@@ -195,10 +195,21 @@ class StreamReader:
             raise translate(exc, f"acknowledging on {stream}") from exc
 
     def delivery_counts(self, stream: str, first: bytes, last: bytes, count: int) -> dict[bytes, int]:
-        """Redis's own delivery counter of this consumer's pending entries in [first, last]."""
-        try:
-            rows = self.client.xpending_range(stream, self.group, first, last, count,
-                                              consumername=self.consumer)
-        except redis.RedisError as exc:
-            raise translate(exc, f"reading delivery counts on {stream}") from exc
-        return {row["message_id"]: row["times_delivered"] for row in rows}
+        """Redis's own delivery counter of this consumer's pending entries in [first, last].
+
+        Read in pages of ``count``: other pending entries of ours may lie in the same id range
+        (after claims of scattered ids), and a single page could then miss some of the batch's.
+        """
+        counts: dict[bytes, int] = {}
+        start: bytes | str = first
+        while True:
+            try:
+                rows = self.client.xpending_range(stream, self.group, start, last, count,
+                                                  consumername=self.consumer)
+            except redis.RedisError as exc:
+                raise translate(exc, f"reading delivery counts on {stream}") from exc
+            counts.update((row["message_id"], row["times_delivered"]) for row in rows)
+            if len(rows) < count:
+                return counts
+            last_seen = rows[-1]["message_id"]
+            start = b"(" + (last_seen if isinstance(last_seen, bytes) else last_seen.encode())

@@ -182,6 +182,9 @@ def _worker_main(settings: ConsumerSettings, slot: int, parent_pid: int, log_lev
 
     The worker unblocks them once its handler is in place, so a stop that arrives while it is
     setting up is a clean stop; one that arrives even earlier kills it before it read anything.
+    Its own session keeps a terminal's Ctrl-C (sent to the whole foreground process group) from
+    reaching it next to the supervisor's SIGTERM, which it would take as a second, forcing signal.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    os.setsid()
     run_worker(settings, slot, parent_pid, log_level, log_json)

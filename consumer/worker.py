@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
@@ -50,6 +50,7 @@ class _StreamState:
     simulation_id: str
     replay_after: bytes | None = b"0"  # not None: own pending entries still to replay from here
     claim_cursor: bytes = b"0-0"
+    gone_ids: list[bytes] = field(default_factory=list)  # deleted entries not yet dead-lettered
 
 
 @dataclass
@@ -189,9 +190,12 @@ class Worker:
         for simulation_id in registered:
             stream = self.keys.stream(simulation_id)
             if stream not in self._streams:
-                self.reader.ensure_group(stream)
-                if drop_if_recreated(self.client, self.keys, simulation_id):
-                    continue  # removed by another consumer while we looked: nothing to do
+                try:
+                    self.reader.ensure_group(stream)
+                    if drop_if_recreated(self.client, self.keys, simulation_id):
+                        continue  # removed by another consumer while we looked: nothing to do
+                except redis.RedisError as exc:
+                    raise TransientError(f"setting up {stream}: {exc}") from exc
                 self._streams[stream] = _StreamState(stream, simulation_id)
                 log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
@@ -223,14 +227,18 @@ class Worker:
                 self.forget_dead_consumers(state.stream)
             if not claim.pass_complete:
                 self._next_claim = 0.0  # more to look at: continue the pass on the next tick
+            # Redis 7 drops the ids of deleted entries from the pending list as it reports them:
+            # they are kept here until their dead letters are committed, or nothing would remember them.
+            state.gone_ids += claim.gone_ids
             gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
-                    for entry_id in claim.gone_ids]
+                    for entry_id in state.gone_ids]
             if claim.entries or gone:
                 self.stats.claimed += len(claim.entries)
                 self.metrics.claimed(len(claim.entries))
                 log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
                          self.name, state.stream, len(claim.entries), len(gone))
                 self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
+                state.gone_ids = []
             if claim.unnamed_gone:
                 state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
 

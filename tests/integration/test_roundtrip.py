@@ -135,3 +135,21 @@ def test_the_same_entries_added_twice_write_nothing_new(redis_server, sqlite_url
                       "simulation_steps": 3, "agent_actions": 3, "health_incidents": 0,
                       "interactions": 0, "reproduction_events": 0}
     assert worker.stats.dead_lettered == 0
+
+
+def test_a_resumed_simulation_keeps_what_its_first_producer_recorded(redis_server, sqlite_url, sink_engine,
+                                                                     namespace, simulation_id):
+    # Given: a simulation started with an experiment and parameters, then resumed by a producer without them
+    from producer import StreamProducer
+
+    StreamProducer(simulation_id, redis_server.url, namespace=namespace, experiment_id="exp-1",
+                   parameters={"agents": 30}).close()
+    StreamProducer(simulation_id, redis_server.url, namespace=namespace).close()
+
+    # When: a worker persists both (in either order the upserts must agree)
+    drain_with_worker(redis_server.url, sqlite_url, namespace)
+
+    # Then: one simulations row, with the first producer's experiment and parameters, completed
+    [row] = rows(sink_engine, schema.simulations, simulation_id)
+    assert row["experiment_id"] == "exp-1" and row["parameters"] == {"agents": 30}
+    assert row["status"] == "completed" and row["end_time"] is not None
