@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import schema
+from common.settings import SIMULATION_ID_PLACEHOLDER, is_per_simulation
 from consumer.inspect import StreamStatus
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def dead_letter_counts(db_url: str | None) -> dict[str, int] | None:
     """
     if not db_url:
         return None
+    if is_per_simulation(db_url):
+        return _per_simulation_counts(db_url)
     try:
         url = make_url(db_url)
         if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
@@ -97,6 +100,20 @@ def dead_letter_counts(db_url: str | None) -> dict[str, int] | None:
         return None
     finally:
         engine.dispose()
+
+
+def _per_simulation_counts(template: str) -> dict[str, int] | None:
+    """Dead letters summed over every simulation's own file that exists; None if there is none."""
+    files = Path(make_url(template).database or "").parent
+    pattern = Path(make_url(template).database or "").name.replace(SIMULATION_ID_PLACEHOLDER, "*")
+    counts: dict[str, int] | None = None
+    for file in sorted(files.glob(pattern)) if files.is_dir() else []:
+        found = dead_letter_counts(f"sqlite:///{file.resolve()}")
+        if found is not None:
+            counts = counts or {}
+            for simulation_id, count in found.items():
+                counts[simulation_id] = counts.get(simulation_id, 0) + count
+    return counts
 
 
 def _count_by_simulation(engine) -> dict[str, int] | None:

@@ -82,3 +82,25 @@ def test_consume_checks_the_templates_folder_before_starting(cli, tmp_path):
     # Then: they do not start; one line says which folder is the problem
     assert result.returncode == ExitCode.BAD_CONFIGURATION, result.stderr
     assert "occupied" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_counts_dead_letters_across_per_simulation_files(template, tmp_path):
+    # Given: two simulations' own files, one holding two dead letters and the other none
+    from sqlalchemy import insert
+
+    from common import schema
+    from common.connections import create_sink_engine, ensure_schema, simulation_db_url
+    from consumer.health import dead_letter_counts
+
+    for simulation_id, letters in (("sim-a", 2), ("sim-b", 0)):
+        engine = create_sink_engine(simulation_db_url(template, simulation_id))
+        ensure_schema(engine)
+        with engine.begin() as connection:
+            for n in range(letters):
+                connection.execute(insert(schema.dead_letters).values(
+                    stream="s", entry_id=f"1-{n}", simulation_id=simulation_id, error="bad", created_at=0.0))
+        engine.dispose()
+
+    # When / Then: the template's dead letters are counted file by file, not reported unknown
+    assert dead_letter_counts(template) == {"sim-a": 2}
+    assert dead_letter_counts(f"sqlite:///{tmp_path / 'nowhere'}/{{simulation_id}}.db") is None
