@@ -125,8 +125,12 @@ class ReplayResult:
     complete: bool
 
 
-def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000) -> ReplayResult:
+def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000,
+                   mark_complete: bool = True) -> ReplayResult:
     """Send a journal's records to their simulation's stream in order, then delete the file.
+
+    ``mark_complete=False``: a completion marker in the journal is not applied (a producer of the
+    same simulation replaying what an earlier one left is itself still running).
 
     Raises redis.RedisError if Redis fails part-way; the file is then kept for the next try.
     The file stays locked from reading to removal (see the module docstring); a journal another
@@ -139,7 +143,7 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
         except FileNotFoundError:
             return ReplayResult(path, 0, False)
         payloads, complete = _frames(handle.read())
-        sent = _send(client, keys, simulation_of(path), payloads, complete, batch_size)
+        sent = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size)
         path.unlink()
     return ReplayResult(path, sent, complete)
 

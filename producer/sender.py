@@ -256,7 +256,9 @@ class BatchSender(threading.Thread):
                 if self._redis().xlen(self.stream_key) >= self.settings.low_water_records:
                     return
             while self._left_journals:
-                result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size)
+                # An earlier producer's completion marker is not ours to apply: this one still runs.
+                result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size,
+                                        mark_complete=False)
                 self._left_journals.pop(0)
                 self.stats.replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",

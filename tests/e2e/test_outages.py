@@ -245,3 +245,25 @@ def test_a_redis_restarted_empty_is_handled_without_crash_loop(cli, redis_binary
         assert_rows_match(sink_engine, simulation_id, expected)
     finally:
         server.stop()
+
+
+def test_a_left_journal_replayed_by_a_running_producer_does_not_mark_the_simulation_complete(
+        redis_server, namespace, simulation_id, tmp_path):
+    # Given: a simulation closed during an outage, its journal holding the completion marker
+    first = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
+    redis_server.kill()
+    produce_workload(first, steps=3, agents=3)
+    assert first.close(timeout_s=1.0).journaled > 0
+
+    # When: Redis is back and the simulation resumes with a new producer, which replays the journal
+    redis_server.restart()
+    second = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
+    produce_workload(second, steps=3, agents=3, first_step=4)
+    second.flush_all_buffers()
+    meta = Keys(namespace).meta(simulation_id)
+
+    # Then: the journal is in Redis, but the simulation is not complete until the running producer closes
+    assert not list((tmp_path / "journal").glob("*.journal"))
+    assert redis_server.client().hget(meta, "complete") is None
+    assert second.close().complete
+    assert redis_server.client().hget(meta, "complete") == b"1"
