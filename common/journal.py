@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterator
 import msgpack
 import redis
 
+from common import faults
 from common.codec import ENTRY_FIELD
 from common.keys import Keys
 
@@ -160,6 +161,7 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
             _note_identity(payload, last_seq)
         pipe.sadd(keys.registry, simulation_id)
         pipe.execute()
+        faults.checkpoint("journal_mid_replay", 0)
     pipe = client.pipeline(transaction=False)
     pipe.sadd(keys.registry, simulation_id)
     for producer_id, seq in last_seq.items():

@@ -256,7 +256,9 @@ def dlq_purge(db, simulation, ids, yes) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @redis_url_option
 @namespace_option
-def replay_journal_command(paths, redis_url, namespace) -> None:
+@click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
+              help="Records per pipelined batch sent to Redis.")
+def replay_journal_command(paths, redis_url, namespace, batch_size) -> None:
     """Send producer journals (files, or folders of them) to Redis, in order, then delete them."""
     from common.journal import SUFFIX, replay_journal
 
@@ -267,7 +269,7 @@ def replay_journal_command(paths, redis_url, namespace) -> None:
     for path in map(Path, paths):
         files += sorted(path.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else [path]
     for file in files:
-        result = replay_journal(client, Keys(settings.namespace), file)
+        result = replay_journal(client, Keys(settings.namespace), file, batch_size)
         click.echo(f"{file}: {result.records} records sent" + (", simulation marked complete" if result.complete else ""))
     if not files:
         click.echo("no journals found")

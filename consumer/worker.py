@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import redis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
+from common import faults
 from common.connections import redis_client
 from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
 from common.keys import Keys
 from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
-from consumer import faults
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
 from consumer.inspect import simulation_ids, stream_status
 from consumer.metrics import WorkerMetrics

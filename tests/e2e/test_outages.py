@@ -267,3 +267,28 @@ def test_a_left_journal_replayed_by_a_running_producer_does_not_mark_the_simulat
     assert redis_server.client().hget(meta, "complete") is None
     assert second.close().complete
     assert redis_server.client().hget(meta, "complete") == b"1"
+
+
+def test_a_journal_replay_killed_half_way_is_sent_again_without_a_duplicate_row(
+        cli, redis_server, sink_engine, namespace, simulation_id, tmp_path):
+    # Given: a journal of several batches, left by a simulation closed while Redis was down
+    logger = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
+    redis_server.kill()
+    expected = produce_workload(logger, steps=20, agents=10)
+    assert logger.close(timeout_s=1.0).journaled > 600
+    redis_server.restart()
+    journals = str(tmp_path / "journal")
+
+    # When: the replay is SIGKILLed right after its first batch reached Redis, then run again
+    killed = cli.run("replay-journal", journals, "--batch-size", "300",
+                     extra_env={"SIMSTREAM_TEST_CRASH": "journal_mid_replay:1"})
+    stream_after_kill = redis_server.client().xlen(Keys(namespace).stream(simulation_id))
+    again = cli.run("replay-journal", journals)
+
+    # Then: the kill left the journal and part of it in Redis; the second replay sent all of it,
+    # and every row is written exactly once
+    assert killed.returncode == -9 and 0 < stream_after_kill < logger.producer.stats()["logged"]
+    assert again.returncode == 0 and "simulation marked complete" in again.stdout, again.stderr
+    assert not list((tmp_path / "journal").glob("*.journal"))
+    assert cli.run("consume", "--drain", *FAST).returncode == 0
+    assert_rows_match(sink_engine, simulation_id, expected)

@@ -1,10 +1,12 @@
-"""Test-only crash seam: SIGKILL this worker at a named moment of the loop.
+"""Test-only crash seam: SIGKILL this process at a named dangerous moment.
 
 Tests pin the dangerous moments deterministically instead of hoping a random kill lands there:
 
-- ``SIMSTREAM_TEST_CRASH=after_read:N``: after the N-th batch is read, before its commit;
-- ``SIMSTREAM_TEST_CRASH=after_commit:N``: after the N-th commit, before its ack (the one window
-  in which a crash leaves rows committed but entries pending: the replay must write nothing new).
+- ``SIMSTREAM_TEST_CRASH=after_read:N``: a worker, after the N-th batch is read, before its commit;
+- ``SIMSTREAM_TEST_CRASH=after_commit:N``: a worker, after the N-th commit, before its ack (the one
+  window in which a crash leaves rows committed but entries pending: the replay must write nothing new);
+- ``SIMSTREAM_TEST_CRASH=journal_mid_replay:N``: a journal replay, after its N-th batch reached
+  Redis, before the journal is removed (the next replay sends it all again: copies write nothing new).
 
 ``SIMSTREAM_TEST_CRASH_SLOT`` limits the crash to one worker slot, and
 ``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is created just before the kill,
