@@ -28,6 +28,7 @@ from consumer.worker import consumer_name, run_worker
 log = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_MAX_S = 10.0
+_STABLE_RUN_S = 30.0
 _STOP_GRACE_S = 60.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -48,7 +49,10 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, BaseProcess] = {}
         self._finished: dict[int, int] = {}
-        self._restarts: dict[int, int] = {}
+        self._restarts: dict[int, int] = {}  # restarts per slot, for metrics and the summary
+        self._crash_streak: dict[int, int] = {}  # crashes in a row without a stable run: the backoff
+        self._started_at: dict[int, float] = {}
+        self._restart_due: dict[int, float] = {}  # slot -> when to start it again
         self._stop = threading.Event()
 
     def run(self) -> int:
@@ -114,11 +118,17 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self._workers[slot] = process
+        self._started_at[slot] = time.monotonic()
         log.info("supervisor.worker_started slot=%d pid=%d", slot, process.pid)
 
     def _watch(self) -> None:
+        now = time.monotonic()
+        for slot, due in list(self._restart_due.items()):
+            if now >= due:
+                del self._restart_due[slot]
+                self._start(slot)
         for slot, process in list(self._workers.items()):
-            if slot in self._finished or process.exitcode is None:
+            if slot in self._finished or slot in self._restart_due or process.exitcode is None:
                 continue
             if process.exitcode == 0:
                 self._finished[slot] = 0
@@ -130,13 +140,18 @@ class Supervisor:
                 self._restart(slot, process.exitcode)
 
     def _restart(self, slot: int, exitcode: int) -> None:
-        restarts = self._restarts.get(slot, 0) + 1
-        self._restarts[slot] = restarts
-        backoff_s = min(_RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(restarts - 1, 7))
+        """Schedule the slot's restart, backing off while it keeps crashing; other slots carry on.
+
+        The backoff doubles per crash in a row and starts over once a worker has run for
+        ``_STABLE_RUN_S``: a worker killed now and then comes back at once, a crash loop slowly.
+        """
+        restarts = self._restarts[slot] = self._restarts.get(slot, 0) + 1
+        stable = time.monotonic() - self._started_at.get(slot, 0.0) >= _STABLE_RUN_S
+        streak = self._crash_streak[slot] = 1 if stable else self._crash_streak.get(slot, 0) + 1
+        backoff_s = min(_RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(streak - 1, 7))
         log.warning("supervisor.worker_died slot=%d exit=%s restarts=%d restart_in_s=%.1f",
                     slot, exitcode, restarts, backoff_s)
-        if not self._stop.wait(backoff_s):
-            self._start(slot)
+        self._restart_due[slot] = time.monotonic() + backoff_s
 
     def _stop_all(self) -> int:
         """Ask every live worker to finish its batch and exit; wait, then kill stragglers."""
