@@ -129,7 +129,12 @@ def test_the_file_is_structurally_valid_compose(compose):
             source = volume.split(":")[0]
             assert source.startswith((".", "/")) or source in volumes, f"{name}: volume {source} is not declared"
         if "build" in service:
-            context = service["build"] if isinstance(service["build"], str) else service["build"]["context"]
-            assert (ROOT / context / "Dockerfile").exists(), name
+            build = service["build"] if isinstance(service["build"], dict) else {"context": service["build"]}
+            context = ROOT / build["context"]
+            dockerfile = build.get("dockerfile_inline") or (context / build.get("dockerfile", "Dockerfile")).read_text()
+            assert dockerfile.lstrip().startswith("FROM "), name
+            for line in dockerfile.splitlines():  # every file the image copies is in the build context
+                if line.startswith("COPY "):
+                    assert all((context / source).exists() for source in line.split()[1:-1]), (name, line)
         if "stop_grace_period" in service:
             seconds(service["stop_grace_period"])
