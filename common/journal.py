@@ -32,6 +32,7 @@ import redis
 from common import faults
 from common.codec import ENTRY_FIELD
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD
 
 _FRAME_HEADER = struct.Struct(">I")
 _COMPLETE_MARKER = b""
@@ -154,16 +155,19 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     """XADD ``payloads`` in order, then record the producers' sequence numbers (and completion)."""
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
     last_seq: dict[str, int] = {}
+    layouts: list[str] = []
     for start in range(0, len(payloads), batch_size):
         pipe = client.pipeline(transaction=False)
         for payload in payloads[start:start + batch_size]:
             pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
-            _note_identity(payload, last_seq)
+            _note_identity(payload, last_seq, layouts)
         pipe.sadd(keys.registry, simulation_id)
         pipe.execute()
         faults.checkpoint("journal_mid_replay", 0)
     pipe = client.pipeline(transaction=False)
     pipe.sadd(keys.registry, simulation_id)
+    if layouts:  # before the sequence numbers, as a producer writes them (see common.layouts)
+        pipe.hset(meta, LAYOUT_FIELD, layouts[-1])
     for producer_id, seq in last_seq.items():
         pipe.hset(meta, f"seq:{producer_id}", seq)
     if complete:
@@ -172,9 +176,12 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     return len(payloads)
 
 
-def _note_identity(payload: bytes, last_seq: dict[str, int]) -> None:
+def _note_identity(payload: bytes, last_seq: dict[str, int], layouts: list[str]) -> None:
+    """Note the record's producer and sequence number, and the layout a start record announces."""
     try:
-        _, _, producer_id, seq, _ = msgpack.unpackb(payload, raw=False)
+        _, kind, producer_id, seq, fields = msgpack.unpackb(payload, raw=False)
         last_seq[producer_id] = max(seq, last_seq.get(producer_id, 0))
+        if kind == "simulation" and isinstance(fields.get(LAYOUT_FIELD), str):
+            layouts.append(fields[LAYOUT_FIELD])
     except Exception:  # a payload the consumer will dead-letter; it still goes to the stream
         pass

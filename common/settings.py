@@ -106,7 +106,8 @@ class ProducerSettings:
     stays bounded, nothing is dropped); the journal is retried every ``journal_retry_interval_s``.
     Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
-    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
+    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``. ``layout``:
+    the tables consumers write this simulation's rows into (see :mod:`common.layouts`).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -123,9 +124,13 @@ class ProducerSettings:
     high_water_records: int = 1_000_000
     low_water_records: int = 800_000
     throttle_sleep_s: float = 0.001
+    layout: str = "standalone"
 
     def __post_init__(self) -> None:
+        from common.layouts import layout_named  # the table definitions are not needed to read settings
+
         validate_redis_url(self.redis_url)
+        layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
                           "low_water_records", "throttle_sleep_s")
