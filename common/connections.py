@@ -12,13 +12,13 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
 from common.keys import validate_simulation_id
-from common.schema import metadata
+from common.schema import dead_letters, metadata
 from common.settings import ENV_DB_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url, validate_redis_url
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ def ensure_schema(engine: Engine) -> None:
     for attempt in range(3):
         try:
             metadata.create_all(engine, checkfirst=True)
+            with engine.begin() as connection:  # BEGIN IMMEDIATE: one process upgrades, the others wait
+                _upgrade_dead_letters(connection)
             return
         except OperationalError as exc:
             # Another process created a table between our check and our CREATE: look again.
@@ -179,7 +181,34 @@ def _ensure_schema_postgresql(engine: Engine) -> None:
         with engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
             metadata.create_all(connection, checkfirst=True)
+            _upgrade_dead_letters(connection)
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(
             f"cannot create the schema at {engine.url!r}: {getattr(exc, 'orig', None) or exc}; "
             f"check --db / {ENV_DB_URL} and that the database is up") from exc
+
+
+_DEAD_LETTERS_V1_COLUMNS = "id, stream, entry_id, simulation_id, raw, error, delivery_count, created_at"
+
+
+def _upgrade_dead_letters(connection: Connection) -> None:
+    """Upgrade, in place, a ``dead_letters`` table made before dead letters were keyed by record.
+
+    Adds ``entry_index`` (0 for existing rows: each came from a one-record entry) and makes the
+    unique key (stream, entry_id, entry_index). Rows and ids are kept. SQLite cannot drop a
+    constraint, so there the table is rebuilt under its name, in the caller's transaction.
+    """
+    if "entry_index" in {column["name"] for column in inspect(connection).get_columns("dead_letters")}:
+        return
+    log.info("schema.upgraded table=dead_letters column=entry_index")
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("ALTER TABLE dead_letters ADD COLUMN entry_index INTEGER NOT NULL DEFAULT 0")
+        connection.exec_driver_sql("ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS uq_dead_letters_entry")
+        connection.exec_driver_sql("ALTER TABLE dead_letters ADD CONSTRAINT uq_dead_letters_record "
+                                   "UNIQUE (stream, entry_id, entry_index)")
+        return
+    connection.exec_driver_sql("ALTER TABLE dead_letters RENAME TO dead_letters_before_entry_index")
+    dead_letters.create(connection)
+    connection.exec_driver_sql(f"INSERT INTO dead_letters ({_DEAD_LETTERS_V1_COLUMNS}) "
+                               f"SELECT {_DEAD_LETTERS_V1_COLUMNS} FROM dead_letters_before_entry_index")
+    connection.exec_driver_sql("DROP TABLE dead_letters_before_entry_index")
