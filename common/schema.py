@@ -34,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -203,7 +204,10 @@ dead_letters = Table(
     Column("error", Text, nullable=False),
     Column("delivery_count", Integer),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("stream", "entry_id", name="uq_dead_letters_entry"),
+    # Which record of the entry (0 while an entry holds one record): several dead letters may come
+    # from one entry. Added in place to older databases by common.connections.ensure_schema.
+    Column("entry_index", Integer, nullable=False, server_default=text("0")),
+    UniqueConstraint("stream", "entry_id", "entry_index", name="uq_dead_letters_record"),
 )
 
 Index("ix_agents_simulation", agents.c.simulation_id)

@@ -9,12 +9,17 @@ on it). Those raise :class:`SchemaUnusable`, naming the table and what to do.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, Table, inspect, text
+import logging
+
+from sqlalchemy import Connection, Engine, Table, inspect, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.agentfarm_schema import KEYED_TABLES as AGENTFARM_KEYED_TABLES
 from common.errors import ConfigurationError, DatabaseUnavailable
 from common.layouts import AGENTFARM, STANDALONE, layout_named
+from common.schema import dead_letters
+
+log = logging.getLogger(__name__)
 
 # Any fixed number: PostgreSQL advisory lock held while one process creates the schema.
 _SCHEMA_LOCK_KEY = 0x5153_5452
@@ -74,6 +79,7 @@ def _create_sqlite(engine: Engine, layout) -> None:
 
 def _create_and_repair(connection, layout) -> None:
     layout.metadata.create_all(connection, checkfirst=True)
+    _upgrade_dead_letters(connection)
     if layout.name != AGENTFARM:
         return
     for table in AGENTFARM_KEYED_TABLES:
@@ -82,6 +88,32 @@ def _create_and_repair(connection, layout) -> None:
             connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN record_key VARCHAR(64)")
         connection.exec_driver_sql(
             f"CREATE UNIQUE INDEX IF NOT EXISTS simstream_ux_{table.name}_record_key ON {table.name} (record_key)")
+
+
+_DEAD_LETTERS_V1_COLUMNS = "id, stream, entry_id, simulation_id, raw, error, delivery_count, created_at"
+
+
+def _upgrade_dead_letters(connection: Connection) -> None:
+    """Upgrade, in place, a ``dead_letters`` table made before dead letters were keyed by record.
+
+    Adds ``entry_index`` (0 for existing rows: each came from a one-record entry) and makes the
+    unique key (stream, entry_id, entry_index). Rows and ids are kept. SQLite cannot drop a
+    constraint, so there the table is rebuilt under its name, in the caller's transaction.
+    """
+    if "entry_index" in {column["name"] for column in inspect(connection).get_columns("dead_letters")}:
+        return
+    log.info("schema.upgraded table=dead_letters column=entry_index")
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("ALTER TABLE dead_letters ADD COLUMN entry_index INTEGER NOT NULL DEFAULT 0")
+        connection.exec_driver_sql("ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS uq_dead_letters_entry")
+        connection.exec_driver_sql("ALTER TABLE dead_letters ADD CONSTRAINT uq_dead_letters_record "
+                                   "UNIQUE (stream, entry_id, entry_index)")
+        return
+    connection.exec_driver_sql("ALTER TABLE dead_letters RENAME TO dead_letters_before_entry_index")
+    dead_letters.create(connection)
+    connection.exec_driver_sql(f"INSERT INTO dead_letters ({_DEAD_LETTERS_V1_COLUMNS}) "
+                               f"SELECT {_DEAD_LETTERS_V1_COLUMNS} FROM dead_letters_before_entry_index")
+    connection.exec_driver_sql("DROP TABLE dead_letters_before_entry_index")
 
 
 def check_schema(engine: Engine, layout_name: str = STANDALONE) -> None:

@@ -4,6 +4,12 @@ Every insert ignores a row whose key is already present (the table's primary key
 producer-assigned ``record_key``), so a replayed entry writes nothing new. Lifecycle rows
 (``simulations``) are upserts whose columns commute, so their order does not matter.
 Entries that cannot become rows are written to ``dead_letters`` in the same transaction.
+
+A record is the unit of failure: whatever exception one record's values cause (a type check, an
+int past 64 bits, nesting past the JSON encoder's depth, a string too long for its column), that
+record alone is dead-lettered, with the exception's type and message as its reason, and the rest
+of its batch commits. Only a database that cannot take the transaction at all (locked, full,
+unreachable) raises, as DatabaseUnavailable, so that nothing is acknowledged.
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ _AGENT_ROW_KINDS = frozenset({"agent", "agent_death", "agent_retraction"})
 
 @dataclass
 class DeadLetter:
-    """An entry that will not become a row, and why."""
+    """A record that will not become a row, and why: keyed by its entry and its index in the entry
+    (always 0 while an entry holds one record)."""
 
     entry_id: bytes
     raw: bytes | None
     error: str
     delivery_count: int | None = None
+    index: int = 0
 
 
 @dataclass
@@ -106,27 +114,33 @@ class Sink:
         """Commit the rows of ``entries`` (and dead letters for those that fail) in one transaction.
 
         Raises DatabaseUnavailable if the database cannot take the transaction now; then nothing
-        was committed and the caller must not acknowledge. A row the database itself rejects is
-        isolated by retrying the batch in halves, and dead-lettered alone.
+        was committed and the caller must not acknowledge. Any other exception a record causes is
+        that record's: one raised while making its row dead-letters it there, and one raised by
+        the database or driver for the batch (of any type) is isolated by retrying the batch in
+        halves, and its row dead-lettered alone. Every entry is then committed or dead-lettered.
         """
         letters = list(dead_letters or [])
-        kinds_of: list[tuple[str, dict[str, Any], Entry]] = []
+        rows: list[tuple[str, dict[str, Any], Entry]] = []
         for entry in entries:
-            try:
-                record = decode(entry.payload)
-                row = self._driver_row(record.kind.name, record.to_row(simulation_id))
-            except RecordError as exc:
-                letters.append(DeadLetter(entry.entry_id, entry.payload, str(exc)))
-                continue
-            except (TypeError, ValueError, OverflowError) as exc:  # e.g. bytes inside a JSON column
-                letters.append(DeadLetter(entry.entry_id, entry.payload,
-                                          f"{record.kind.name}: a value cannot be stored: {exc}"))
-                continue
-            kinds_of.append((record.kind.name, row, entry))
+            prepared = self._prepare(entry, simulation_id)
+            (letters if isinstance(prepared, DeadLetter) else rows).append(prepared)
         try:
-            return self._commit(stream, simulation_id, kinds_of, letters)
+            return self._commit(stream, simulation_id, rows, letters)
         except _RowRejected:
-            return self._bisect(stream, simulation_id, kinds_of, letters)
+            return self._bisect(stream, simulation_id, rows, letters)
+
+    def _prepare(self, entry: Entry, simulation_id: str) -> tuple[str, dict[str, Any], Entry] | DeadLetter:
+        """The entry's (kind, driver row, entry), or its dead letter: whatever exception its values
+        raise stays with this record."""
+        kind_name = "entry"
+        try:
+            record = decode(entry.payload)
+            kind_name = record.kind.name
+            return kind_name, self._driver_row(kind_name, record.to_row(simulation_id)), entry
+        except RecordError as exc:
+            return DeadLetter(entry.entry_id, entry.payload, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any type: bytes in JSON, RecursionError from deep nesting
+            return DeadLetter(entry.entry_id, entry.payload, f"{kind_name}: a value cannot be stored: {_cause(exc)}")
 
     def _commit(self, stream: str, simulation_id: str, rows: list[tuple[str, dict, Entry]],
                 letters: list[DeadLetter]) -> WriteResult:
@@ -148,7 +162,11 @@ class Sink:
         except SQLAlchemyError as exc:
             if _is_transient(exc):
                 raise DatabaseUnavailable(f"database did not take the batch: {exc.orig or exc}") from exc
-            raise _RowRejected(str(getattr(exc, "orig", None) or exc)) from exc
+            raise _RowRejected(_cause(getattr(exc, "orig", None) or exc)) from exc
+        except Exception as exc:  # noqa: BLE001
+            # The driver raises some value errors outside the DB-API tree (sqlite3's OverflowError
+            # for an int past 64 bits, from executemany): a row's fault too, found by bisection.
+            raise _RowRejected(_cause(exc)) from exc
         return result
 
     def _sql_for(self, kind_name: str, sample: dict[str, Any]) -> str:
@@ -181,7 +199,7 @@ class Sink:
         Several transactions instead of one; safe because nothing is acknowledged until all of
         them have committed, and a replay of any of them writes nothing new.
         """
-        total = self._commit(stream, simulation_id, [], letters) if letters else WriteResult()
+        total = self._commit_letters(stream, simulation_id, letters) if letters else WriteResult()
         pending = [rows]
         while pending:
             part = pending.pop()
@@ -194,21 +212,36 @@ class Sink:
                     continue
                 entry = part[0][2]
                 letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}")
-                result = self._commit(stream, simulation_id, [], [letter])
+                result = self._commit_letters(stream, simulation_id, [letter])
                 result.isolated_by_database = 1
                 _merge(total, result)
         log.warning("sink.rows_isolated stream=%s rejected=%d", stream, total.isolated_by_database)
         return total
 
+    def _commit_letters(self, stream: str, simulation_id: str, letters: list[DeadLetter]) -> WriteResult:
+        """Commit dead letters alone. A database that refuses even these refuses every write (read
+        only, rights revoked): that is no record's fault, so nothing is acknowledged."""
+        try:
+            return self._commit(stream, simulation_id, [], letters)
+        except _RowRejected as exc:
+            raise DatabaseUnavailable(f"database refused the dead letters too: {exc}") from exc
+
     def _letter_row(self, stream: str, simulation_id: str, letter: DeadLetter) -> dict[str, Any]:
         entry_id = letter.entry_id.decode() if isinstance(letter.entry_id, bytes) else letter.entry_id
-        return {"stream": stream, "entry_id": entry_id, "simulation_id": simulation_id,
-                "raw": letter.raw, "error": letter.error[:2000],
+        return {"stream": stream, "entry_id": entry_id, "entry_index": letter.index,
+                "simulation_id": simulation_id, "raw": letter.raw,
+                "error": letter.error.replace("\x00", "\\x00")[:2000],  # PostgreSQL text takes no NUL
                 "delivery_count": letter.delivery_count, "created_at": time.time()}
 
 
 class _RowRejected(Exception):
     """The database refused a row of the batch for a reason retrying cannot fix."""
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception as a reason: its type and the first line of its message."""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
 
 def _conversions(kind: RecordKind, table: Table, dialect: str) -> list[tuple[str, Callable]]:
