@@ -15,10 +15,12 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.codec import ENTRY_FIELD
 from common.keys import Keys
-from common.schema import dead_letters
+from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
+from common.schema import dead_letters, simstream_simulations
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,27 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
         meta = keys.meta(row.simulation_id)
         was_removed = not client.exists(meta)
         pipe = client.pipeline(transaction=False)
+        if was_removed:  # the layout before the entry: consumers wait for a layout, never guess it
+            pipe.hset(meta, mapping={LAYOUT_FIELD: _layout_of(engine, row.simulation_id), "complete": 1})
         pipe.xadd(keys.stream(row.simulation_id), {ENTRY_FIELD: row.raw})
         pipe.sadd(keys.registry, row.simulation_id)
-        if was_removed:
-            pipe.hset(meta, "complete", 1)
         pipe.execute()
         redriven.append(row.id)
     if redriven:
         with engine.begin() as connection:
             connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(redriven)))
     return RetryResult(len(redriven), skipped)
+
+
+def _layout_of(engine: Engine, simulation_id: str) -> str:
+    """The layout the simulation's start record announced, as its lifecycle row keeps it."""
+    table = simstream_simulations
+    try:
+        with engine.connect() as connection:
+            layout = connection.execute(select(table.c.layout).where(table.c.simulation_id == simulation_id)).scalar()
+    except SQLAlchemyError:
+        layout = None  # a database made before layouts: everything in it is standalone
+    return layout or STANDALONE
 
 
 def purge_dead_letters(engine: Engine, simulation_id: str | None = None, ids: tuple[int, ...] = ()) -> int:

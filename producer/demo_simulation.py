@@ -66,7 +66,7 @@ def run_simulation(logger: RedisBufferedDataLogger, agents: int, steps: int, res
         rows["agent_states"] += len(states)
         rows["resource_states"] += resources
         rows["simulation_steps"] += 1
-    rows["simulations"] += 1
+    rows["simstream_simulations"] += 1
     return rows
 
 

@@ -123,7 +123,7 @@ def test_a_simulation_closed_during_an_outage_leaves_a_journal_that_is_sent_late
     assert cli.run("consume", "--drain", *FAST).returncode == 0
     assert_rows_match(sink_engine, simulation_id, expected)
     with sink_engine.connect() as connection:
-        status = connection.execute(select(schema.simulations.c.status)).scalar_one()
+        status = connection.execute(select(schema.simstream_simulations.c.status)).scalar_one()
     assert status == "completed"
 
 

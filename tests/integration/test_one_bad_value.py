@@ -50,12 +50,15 @@ def depth_of(value) -> int:
 # agent_id of each bad record -> (its arguments to log_agent_action, the cause its dead letter must name)
 BAD = {
     "bad-int": (dict(step_number=2**63, action_type="move"),
-                {"sqlite": "OverflowError: Python int too large", "postgresql": "out of range"}),
+                {"sqlite": "must be an integer of at most 64 bits",
+                 "postgresql": "must be an integer of at most 64 bits"}),
     "bad-nesting": (dict(step_number=1, action_type="move", details=nested(1000)),
                     {"sqlite": "RecursionError: maximum recursion depth exceeded",
                      "postgresql": "RecursionError: maximum recursion depth exceeded"}),
     "bad-length": (dict(step_number=1, action_type="x" * 101),
                    {"postgresql": "value too long for type character varying(100)"}),
+    "bad-int32": (dict(step_number=2**40, action_type="move"),
+                  {"postgresql": "out of range"}),
 }
 
 
