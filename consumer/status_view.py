@@ -87,7 +87,8 @@ def render_report(report: dict[str, Any]) -> RenderableType:
                          no_wrap=column in ("simulation", "health", "consumers"))
     for s in report["streams"]:
         letters = "unknown" if s["dead_letters"] is None else str(s["dead_letters"])
-        table.add_row(s["simulation_id"], Text(s["state"], style=_STATE_STYLE.get(s["state"], "")), Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
+        table.add_row(s["simulation_id"], Text(s["state"], style=_STATE_STYLE.get(s["state"], "")),
+                      Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
                       str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
                       _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
     if report["dead_letters_known"]:

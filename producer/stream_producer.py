@@ -221,8 +221,10 @@ class StreamProducer:
         entry_id, not_in_redis = self._sent_through(target)
         parts, backlog, exact = [], not_in_redis, True
         if entry_id is not None:
+            own = None
             try:
-                client = client or redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
+                if client is None:
+                    client = own = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
                 left = unpersisted_through(client, self.keys.stream(self.simulation_id), self.settings.group,
                                            entry_id)
                 backlog, exact = backlog + left.total, left.exact
@@ -231,6 +233,9 @@ class StreamProducer:
             except redis.RedisError as exc:
                 exact = False
                 parts.append(f"Redis did not answer: {' '.join(str(exc).split())}")
+            finally:
+                if own is not None:
+                    own.close()
         if not_in_redis:
             journal = self._sender.journal.path if self._sender.in_journal else None
             parts.append(f"{not_in_redis} not yet in Redis" + (f" (journal {journal})" if journal else ""))
