@@ -35,6 +35,7 @@ from common import faults
 from common.codec import ENTRY_FIELD
 from common.heartbeat import touch_command
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD
 
 _FRAME_HEADER = struct.Struct(">I")
 _COMPLETE_MARKER = b""
@@ -160,12 +161,13 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
     last_seq: dict[str, int] = {}
     last_entry_id = None
+    layouts: list[str] = []
     for start in range(0, len(payloads), batch_size):
         pipe = client.pipeline(transaction=False)
         chunk = payloads[start:start + batch_size]
         for payload in chunk:
             pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
-            _note_identity(payload, last_seq)
+            _note_identity(payload, last_seq, layouts)
         pipe.sadd(keys.registry, simulation_id)
         pipe.execute_command(*touch_command(meta))
         last_entry_id = pipe.execute()[len(chunk) - 1]
@@ -173,6 +175,8 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     pipe = client.pipeline(transaction=False)
     pipe.sadd(keys.registry, simulation_id)
     pipe.execute_command(*touch_command(meta))
+    if layouts:  # before the sequence numbers, as a producer writes them (see common.layouts)
+        pipe.hset(meta, LAYOUT_FIELD, layouts[-1])
     for producer_id, seq in last_seq.items():
         pipe.hset(meta, f"seq:{producer_id}", seq)
     if complete:
@@ -183,9 +187,12 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     return last_entry_id
 
 
-def _note_identity(payload: bytes, last_seq: dict[str, int]) -> None:
+def _note_identity(payload: bytes, last_seq: dict[str, int], layouts: list[str]) -> None:
+    """Note the record's producer and sequence number, and the layout a start record announces."""
     try:
-        _, _, producer_id, seq, _ = msgpack.unpackb(payload, raw=False)
+        _, kind, producer_id, seq, fields = msgpack.unpackb(payload, raw=False)
         last_seq[producer_id] = max(seq, last_seq.get(producer_id, 0))
+        if kind == "simulation" and isinstance(fields.get(LAYOUT_FIELD), str):
+            layouts.append(fields[LAYOUT_FIELD])
     except Exception:  # a payload the consumer will dead-letter; it still goes to the stream
         pass

@@ -123,7 +123,8 @@ class ProducerSettings:
     stays bounded, nothing is dropped); the journal is retried every ``journal_retry_interval_s``.
     Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
-    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
+    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``. ``layout``:
+    the tables consumers write this simulation's rows into (see :mod:`common.layouts`).
 
     ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
     consumers'); ``persist_timeout_s`` bounds ``flush_all_buffers(wait_persisted=True)``;
@@ -151,9 +152,13 @@ class ProducerSettings:
     persist_timeout_s: float = 60.0
     group_wait_s: float = 3.0
     heartbeat_interval_s: float = 5.0
+    layout: str = "standalone"
 
     def __post_init__(self) -> None:
+        from common.layouts import layout_named  # the table definitions are not needed to read settings
+
         validate_redis_url(self.redis_url)
+        layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
                           "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s")

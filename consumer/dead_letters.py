@@ -1,9 +1,11 @@
 """Inspecting and re-driving dead letters (``simstream dlq list|retry|purge``).
 
-A retry puts the original payload back into its simulation's stream, then deletes the dead
-letter. A crash in between re-drives it twice, which the idempotent sink absorbs. A payload that
-is still bad simply comes back as a new dead letter. A simulation whose stream was already
-removed as finished gets its stream back, marked complete, so consumers finish it again.
+A retry puts each dead letter's payload (one record) back into its simulation's stream as an
+entry of its own, then deletes the dead letter. A crash in between re-drives it twice, which the
+idempotent sink absorbs. The sink isolates failures per record, so a record that is still bad
+comes back as a dead letter alone, and the re-driven records read in the same batch are persisted.
+A simulation whose stream was already removed as finished gets its stream back, marked complete,
+so consumers finish it again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def list_dead_letters(engine: Engine, simulation_id: str | None = None, limit: i
 
 def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulation_id: str | None = None,
                        ids: tuple[int, ...] = ()) -> RetryResult:
-    """Put dead letters' payloads back into their streams and delete them from the table."""
+    """Put each dead letter's payload back into its stream as its own entry, and delete it from
+    the table."""
     with engine.connect() as connection:
         rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all()
     redriven, skipped = [], 0

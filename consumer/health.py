@@ -5,6 +5,9 @@ plus entries delivered and not acknowledged (pending). A consumer is *active* wh
 within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen at least every
 ``block_ms``. The verdict is the first of these that holds:
 
+``sink-unusable``
+    a worker found the simulation's database unable to take its rows (a table of another shape,
+    a layout the database cannot hold); the reason is shown, and the entries wait in Redis.
 ``stuck``
     backlog > 0, and either no consumer is active, or the oldest pending entry has been idle
     longer than ``claim_idle_ms + stuck_after_ms`` (it became claimable and nobody claimed it).
@@ -38,8 +41,8 @@ from consumer.inspect import StreamStatus
 
 log = logging.getLogger(__name__)
 
-OK, LAGGING, STUCK, DEAD_LETTERS = "ok", "lagging", "stuck", "dead-letters"
-VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS)
+OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE = "ok", "lagging", "stuck", "dead-letters", "sink-unusable"
+VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE)
 
 _DB_CONNECT_TIMEOUT_S = 3
 
@@ -60,7 +63,10 @@ def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list
 
 
 def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthThresholds) -> str:
-    """The one-word health of ``status``: stuck, dead-letters, lagging or ok (in that precedence)."""
+    """The one-word health of ``status``: sink-unusable, stuck, dead-letters, lagging or ok (in that
+    precedence)."""
+    if status.sink_problem:
+        return SINK_UNUSABLE
     if status.backlog > 0 and _stuck(status, thresholds):
         return STUCK
     if dead_letters:

@@ -58,6 +58,7 @@ class StreamStatus:
     oldest_pending_idle_ms: int | None = None
     oldest_pending_age_ms: int | None = None
     producer_idle_ms: int | None = None
+    sink_problem: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -105,6 +106,7 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     status = StreamStatus(simulation_id, keys.stream(simulation_id))
     meta = text_dict(client.hgetall(keys.meta(simulation_id)))
     status.complete = meta.get("complete") == "1"
+    status.sink_problem = meta.get("sink_problem")  # a worker found the simulation's database unusable
     status.logged = sum(int(value) for name, value in meta.items() if name.startswith("seq:"))
     try:
         info = text_dict(client.xinfo_stream(status.stream))

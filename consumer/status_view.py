@@ -26,7 +26,8 @@ from consumer.inspect import StreamStatus, all_statuses
 
 _PLAIN_WIDTH = 200  # not a terminal (a file, a pipe): room for every column rather than 80
 _STATE_STYLE = {"abandoned": "yellow"}
-_HEALTH_STYLE = {"ok": "green", "lagging": "yellow", "stuck": "bold red", "dead-letters": "red"}
+_HEALTH_STYLE = {"ok": "green", "lagging": "yellow", "stuck": "bold red", "dead-letters": "red",
+                 "sink-unusable": "bold red"}
 
 
 def _state(status: StreamStatus, thresholds: HealthThresholds) -> str:
@@ -91,9 +92,10 @@ def render_report(report: dict[str, Any]) -> RenderableType:
                       Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
                       str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
                       _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
-    if report["dead_letters_known"]:
-        return table
-    return Group(table, Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
+    notes = [Text(f"{s['simulation_id']}: {s['sink_problem']}") for s in report["streams"] if s.get("sink_problem")]
+    if not report["dead_letters_known"]:
+        notes.append(Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
+    return Group(table, *notes) if notes else table
 
 
 def make_console() -> Console:

@@ -30,6 +30,7 @@ from common.connections import redis_client
 from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
 from common.journal import Journal, journal_path, journals_for, replay_journal
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD
 from common.retry import jittered_backoff
 from common.settings import ProducerSettings
 
@@ -193,7 +194,8 @@ class BatchSender(threading.Thread):
         for command in extras:
             pipe.execute_command(*command)
         pipe.sadd(self.keys.registry, self.simulation_id)
-        pipe.hset(self.meta_key, f"seq:{self.producer_id}", last_seq)
+        # The layout first: consumers take sequence numbers without a layout for an older producer.
+        pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, f"seq:{self.producer_id}": last_seq})
         pipe.xlen(self.stream_key)
         replies = pipe.execute()
         self._note_added(replies[0])
@@ -230,8 +232,8 @@ class BatchSender(threading.Thread):
     def _send_completion(self) -> None:
         pipe = self._redis().pipeline(transaction=False)
         pipe.sadd(self.keys.registry, self.simulation_id)
-        pipe.hset(self.meta_key, mapping={"complete": 1, "completed_at": time.time(),
-                                          f"seq:{self.producer_id}": self.handed_off_seq})
+        pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, "complete": 1,
+                                          "completed_at": time.time(), f"seq:{self.producer_id}": self.handed_off_seq})
         pipe.execute()
 
     def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:

@@ -106,7 +106,7 @@ class StreamProducer:
         self._batch_size, self._wake = self.settings.batch_size, self._sender.wake
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
-                 experiment_id=experiment_id, parameters=parameters)
+                 experiment_id=experiment_id, parameters=parameters, layout=self.settings.layout)
 
     def log(self, kind: str, /, **fields: Any) -> None:
         """Queue one record of ``kind`` for the stream; returns in microseconds.
@@ -125,8 +125,8 @@ class StreamProducer:
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
 
-    def discard_pending(self, kind: str, field: str, values: Iterable[Any]) -> int:
-        """Recall records of ``kind`` whose ``field`` is in ``values`` and that the sender thread
+    def discard_pending(self, kinds: Iterable[str], field: str, values: Iterable[Any]) -> int:
+        """Recall records of ``kinds`` whose ``field`` is in ``values`` and that the sender thread
         has not taken yet; return how many were recalled.
 
         A recalled record never reaches Redis. A record the sender has already taken (usually within
@@ -134,10 +134,10 @@ class StreamProducer:
         waiting are renumbered so that sequence numbers stay contiguous (none of them has been
         sent, so none has an identity anywhere yet). Call it from the thread that calls ``log()``.
         """
-        wanted = set(values)
+        wanted, kinds = set(values), frozenset(kinds)
         with self._sender.hand_off:
             waiting = list(self._buffer)
-            kept = [record for record in waiting if record[0] != kind or record[2].get(field) not in wanted]
+            kept = [record for record in waiting if record[0] not in kinds or record[2].get(field) not in wanted]
             recalled = len(waiting) - len(kept)
             if recalled:
                 first_seq = waiting[0][1]
@@ -146,6 +146,11 @@ class StreamProducer:
                 self._last_seq -= recalled
                 self._next_seq = itertools.count(self._last_seq + 1).__next__
         return recalled
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called: nothing more can be logged."""
+        return self._closed
 
     def flush(self, timeout_s: float | None = None) -> FlushReport:
         """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""
@@ -243,8 +248,8 @@ class StreamProducer:
             f"simulation {self.simulation_id!r}: {'' if exact else 'at least '}{backlog} records of this producer "
             f"not yet persisted by consumer group {self.settings.group!r} ({', '.join(parts)}) {why}", backlog)
 
-    def close(self, timeout_s: float | None = None) -> FlushReport:
-        """Log the simulation's end, send everything, mark it complete; idempotent.
+    def close(self, timeout_s: float | None = None, status: str = "completed") -> FlushReport:
+        """Log the simulation's end (with ``status``), send everything, mark it complete; idempotent.
 
         Returns once every record is in Redis, or, if Redis does not take them within
         ``timeout_s`` (default ``close_timeout_s``), in the journal, which then also records that
@@ -252,7 +257,7 @@ class StreamProducer:
         """
         with self._close_lock:
             if not self._closed:
-                self.log("simulation_end", end_time=time.time(), status="completed")
+                self.log("simulation_end", end_time=time.time(), status=status)
                 self._closed = True
                 self._sender.stop(mark_complete=True)
         self._sender.join(timeout_s if timeout_s is not None else self.settings.close_timeout_s)
