@@ -19,6 +19,8 @@ within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen
     none of the above.
 
 The verdict reads one snapshot; the trend of the backlog shows in ``status --watch``.
+Whether a simulation is ``abandoned`` (its producer stopped without completing it) is its state,
+not a health verdict: ``abandoned_after_s`` is where it begins (:meth:`StreamStatus.abandoned`).
 Dead letters live in SQL: without a reachable database their count is unknown (None) and the
 verdict cannot be ``dead-letters``.
 """
@@ -34,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import schema
-from common.settings import SIMULATION_ID_PLACEHOLDER, is_per_simulation
+from common.settings import DEFAULT_ABANDONED_AFTER_S, SIMULATION_ID_PLACEHOLDER, is_per_simulation
 from consumer.inspect import StreamStatus
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,12 @@ _DB_CONNECT_TIMEOUT_S = 3
 
 @dataclass(frozen=True)
 class HealthThresholds:
-    """Where ``lagging`` and ``stuck`` begin (see the module docstring)."""
+    """Where ``lagging`` and ``stuck`` begin (see the module docstring), and the state ``abandoned``."""
 
     lag_threshold: int = 10_000
     stuck_after_ms: int = 30_000
     claim_idle_ms: int = 60_000
+    abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
 
 
 def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list[dict]:

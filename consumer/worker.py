@@ -383,11 +383,13 @@ class Worker:
         return keep, letters
 
     def drained(self) -> bool:
-        """True when every registered simulation is complete and fully persisted."""
+        """True when every registered simulation is complete, or abandoned (its producer stopped
+        without completing it, ``abandoned_after_s``), and fully persisted."""
+        abandoned_after_ms = self.settings.abandoned_after_s * 1000
         try:
             registered = simulation_ids(self.client, self.keys)
-            return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False).drained
-                       for sim in registered)
+            return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False)
+                       .settled(abandoned_after_ms) for sim in registered)
         except redis.RedisError as exc:
             raise TransientError(f"checking whether all simulations are persisted: {exc}") from exc
 

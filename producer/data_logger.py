@@ -33,10 +33,11 @@ class RedisBufferedDataLogger:
     """A drop-in for the reference ``DataLogger`` that writes through Redis Streams.
 
     Buffering and flushing are the producer's: ``flush_all_buffers()`` waits until everything is
-    in Redis, ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes
-    continuously). With ``recent_state=True`` (or a ``redis_stm_config`` / ``redis_im_config``)
-    each agent's latest states are also kept in the Redis short-term and intermediate tiers, read
-    back with :class:`common.recent_state.RecentStates`.
+    in Redis (with ``wait_persisted=True``, until consumers committed it to SQL),
+    ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes continuously).
+    With ``recent_state=True`` (or a ``redis_stm_config`` / ``redis_im_config``) each agent's
+    latest states are also kept in the Redis short-term and intermediate tiers, read back with
+    :class:`common.recent_state.RecentStates`.
     """
 
     def __init__(self, simulation_id: str, redis_url: str | None = None, *,
@@ -181,11 +182,21 @@ class RedisBufferedDataLogger:
                           offspring_generation=offspring_generation,
                           parent_position_x=parent_position[0], parent_position_y=parent_position[1])
 
-    def flush_all_buffers(self) -> FlushReport:
-        """Wait until everything logged so far is in Redis (bounded by ``close_timeout_s``)."""
+    def flush_all_buffers(self, *, wait_persisted: bool = False, timeout_s: float | None = None) -> FlushReport:
+        """Wait until everything logged so far is in Redis (bounded by ``timeout_s``, default the
+        producer's ``close_timeout_s``).
+
+        With ``wait_persisted=True``, then also wait until consumers have committed it to SQL, so
+        the rows can be read back (:meth:`StreamProducer.wait_persisted`; bounded by ``timeout_s``,
+        default the producer's ``persist_timeout_s``): raises PersistTimeout naming the backlog,
+        or GroupMissing at once if no consumer group reads the simulation. A logger that has not
+        logged anything (its producer not started) has nothing to wait for.
+        """
         if not self.started:
             return FlushReport(logged=0, in_redis=0, journaled=0, waiting=0)
-        return self.producer.flush()
+        if wait_persisted:
+            return self.producer.wait_persisted(timeout_s)
+        return self.producer.flush(timeout_s)
 
     def flush_if_needed(self) -> None:
         """Kept for the reference protocol: the sender thread already flushes continuously."""
