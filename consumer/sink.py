@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from common import schema
 from common.codec import decode
 from common.connections import create_sink_engine, ensure_schema, simulation_db_url
+from common.masking import mask_secrets
 from common.errors import ConfigurationError, DatabaseUnavailable, RecordError
 from common.records import KINDS, RecordKind
 from common.settings import is_per_simulation
@@ -237,7 +238,7 @@ class SinkPool:
                 # The template was checked at start; a folder that cannot be made now (disk full,
                 # permissions changed) may be fixed while the entries wait: retry, do not exit.
                 raise DatabaseUnavailable(str(exc)) from exc
-            log.info("sink.opened simulation=%s database=%s", simulation_id, url)
+            log.info("sink.opened simulation=%s database=%s", simulation_id, mask_secrets(url))
         return sink
 
     @property
