@@ -78,7 +78,7 @@ def check_redis(client: redis.Redis, url: str) -> None:
 
 def redis_failure(url: str, exc: BaseException) -> str:
     """One line for a Redis that did not let us in: the URL (password masked), the cause, what to do."""
-    cause = " ".join(str(exc).split())
+    cause = " ".join(str(exc).split()).rstrip(".")
     if isinstance(exc, redis.AuthenticationError):
         hint = "check the user name and password in --redis-url / SIMSTREAM_REDIS_URL"
     elif "SSL" in cause or "certificate" in cause.lower():
