@@ -27,8 +27,8 @@ from common.embedded_redis import EmbeddedRedis
 from common.errors import ExitCode, RedisUnavailable
 from common.keys import Keys
 from common.masking import mask_secrets
-from common.settings import (DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_URL,
-                             redis_url_with_ca)
+from common.settings import (DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
+                             ENV_REDIS_URL, redis_url_with_ca)
 from consumer.inspect import stream_status
 from consumer.progress import ProgressDisplay
 
@@ -86,7 +86,8 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
         print(f"simstream demo: simulation {simulation_id}, {agents} agents x {steps} steps, "
               f"{consumers} consumer processes\n  redis: {mask_secrets(url)} ({where})\n"
               f"  database: {mask_secrets(db_url)}", flush=True)
-        env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url}
+        # The URL carries the CA if one was given; an empty setting is ignored (embedded Redis: no TLS).
+        env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url, ENV_REDIS_CA_CERTS: ""}
         simulation = subprocess.Popen(
             [sys.executable, "-m", "producer.demo_simulation", "--simulation-id", simulation_id,
              "--agents", str(agents), "--steps", str(steps)], env=env, stdout=subprocess.PIPE, text=True)
