@@ -4,6 +4,7 @@ nor remove records, and consumers persist everything with their own user.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -36,6 +37,10 @@ def readme_tier_selector() -> str:
     match = re.search(r"`(\(~simstream:\{\*\}:stm:\*[^`]*\))`", README.read_text())
     assert match, "the README names no tier selector"
     return " ".join(match.group(1).split())
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def create_user(admin: redis.Redis, line: str, password: str) -> None:
@@ -100,18 +105,30 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
     assert_producer_cannot_read_or_remove(redis.Redis.from_url(producer_url), stream, first_id)
     assert admin.xlen(stream) == length
 
-    # When: `simstream status` and two consumer processes run as the consumer user
+    # When: a consumer that died holding an entry is left in the group (so status looks at pending
+    # entries and consumers, and workers claim), then `simstream status` and two consumer
+    # processes run as the consumer user
+    admin.xgroup_create(stream, "simstream", id="0")
+    assert admin.xreadgroup("simstream", "dead-consumer", {stream: ">"}, count=1)
     env = {name: value for name, value in os.environ.items() if not name.startswith("SIMSTREAM_")}
     cli = Cli({**env, "SIMSTREAM_REDIS_URL": consumer_url, "SIMSTREAM_DB_URL": sqlite_url,
                "SIMSTREAM_NAMESPACE": NAMESPACE}, tmp_path)
     status = cli.run("status", "--json", timeout=60)
-    consume = cli.run("consume", "--processes", "2", "--drain", "--no-progress", timeout=90)
+    consume = cli.run("consume", "--processes", "2", "--drain", "--no-progress", "--claim-idle-ms", "0",
+                      "--block-ms", "100", timeout=90)
 
     # Then: both work, every row is in SQL exactly once, and the stream is gone (retention ran)
-    assert status.returncode == 0 and simulation_id in status.stdout, status.stderr
+    assert status.returncode == 0, status.stderr
+    [shown] = json.loads(status.stdout)["streams"]
+    assert shown["simulation_id"] == simulation_id and shown["pending"] == 1 and shown["lag"] == length - 1
+    assert [consumer["name"] for consumer in shown["consumers"]] == ["dead-consumer"]
     assert consume.returncode == 0, consume.stderr
     assert_rows_match(sink_engine, simulation_id, expected)
     assert not admin.exists(stream)
+    # (redis-py's optional CLIENT SETINFO at connect is refused, and ignored by redis-py)
+    refused = [entry for entry in admin.acl_log() if _text(entry["username"]) == "simstream-consumer"
+               and not _text(entry["object"]).startswith("client")]
+    assert not refused, f"the consumer's rules lack: {[_text(entry['object']) for entry in refused]}"
     assert not leaks(consumer_password, status.stdout + status.stderr + consume.stdout + consume.stderr)
 
 
