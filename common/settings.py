@@ -29,6 +29,12 @@ ENV_NAMESPACE = "SIMSTREAM_NAMESPACE"
 ENV_GROUP = "SIMSTREAM_GROUP"
 ENV_JOURNAL_DIR = "SIMSTREAM_JOURNAL_DIR"
 ENV_REDIS_CA_CERTS = "SIMSTREAM_REDIS_CA_CERTS"
+ENV_ABANDONED_AFTER_S = "SIMSTREAM_ABANDONED_AFTER_S"
+ENV_WAIT_FOR_SIMULATION_S = "SIMSTREAM_WAIT_FOR_SIMULATION_S"
+DEFAULT_ABANDONED_AFTER_S = 180.0
+"""A running simulation whose producer has not been heard from for this long is ``abandoned``."""
+DEFAULT_WAIT_FOR_SIMULATION_S = 60.0
+"""How long ``consume --drain`` waits for a first simulation when none exists yet."""
 DEFAULT_JOURNAL_DIR = ".simstream-journal"
 BACKPRESSURE_POLICIES = ("spill", "slow")
 
@@ -127,9 +133,20 @@ def _masked_repr(settings: object) -> str:
     return f"{type(settings).__name__}({fields})"
 
 
+def _env_seconds(name: str) -> float | None:
+    """A duration in seconds from environment variable ``name``; None if unset or empty."""
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number of seconds") from None
+
+
 def _env_overrides(cls: type[T], env: dict[str, str], explicit: dict[str, Any]) -> T:
     """Build ``cls`` from environment values, then explicit values that are not None."""
-    values = {key: value for key, value in env.items() if value}
+    values = {key: value for key, value in env.items() if value is not None and value != ""}
     values.update({key: value for key, value in explicit.items() if value is not None})
     return cls(**values)
 
@@ -142,8 +159,16 @@ class ProducerSettings:
     stays bounded, nothing is dropped); the journal is retried every ``journal_retry_interval_s``.
     Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
-    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
+    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``. ``layout``:
+    the tables consumers write this simulation's rows into (see :mod:`common.layouts`).
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
+
+    ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
+    consumers'); ``persist_timeout_s`` bounds ``flush_all_buffers(wait_persisted=True)``;
+    ``group_wait_s`` is how long after its first batch reached Redis a producer still waits for
+    consumers to create their group (they look for new streams every second) before saying there
+    is none. ``heartbeat_interval_s``: the sender refreshes the simulation's heartbeat with every
+    batch and at least this often while idle (see ``simstream status``, state ``abandoned``).
     The repr masks the URL's password.
     """
 
@@ -162,13 +187,25 @@ class ProducerSettings:
     high_water_records: int = 1_000_000
     low_water_records: int = 800_000
     throttle_sleep_s: float = 0.001
+    group: str = DEFAULT_GROUP
+    persist_timeout_s: float = 60.0
+    group_wait_s: float = 3.0
+    heartbeat_interval_s: float = 5.0
+    layout: str = "standalone"
 
     def __post_init__(self) -> None:
+        from common.layouts import layout_named  # the table definitions are not needed to read settings
+
         object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
         validate_redis_url(self.redis_url)
+        layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
-                          "low_water_records", "throttle_sleep_s")
+                          "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s")
+        if self.group_wait_s < 0:
+            raise ConfigurationError(f"group_wait_s must be >= 0, got {self.group_wait_s!r}")
+        if not self.group:
+            raise ConfigurationError("group must not be empty (set it or SIMSTREAM_GROUP)")
         if self.backpressure not in BACKPRESSURE_POLICIES:
             raise ConfigurationError(f"backpressure must be one of {BACKPRESSURE_POLICIES}, got {self.backpressure!r}")
         if self.low_water_records > self.high_water_records:
@@ -183,7 +220,8 @@ class ProducerSettings:
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
                "redis_ca_certs": os.environ.get(ENV_REDIS_CA_CERTS, ""),
-               "journal_dir": os.environ.get(ENV_JOURNAL_DIR, "")}
+               "journal_dir": os.environ.get(ENV_JOURNAL_DIR, ""),
+               "group": os.environ.get(ENV_GROUP, "")}
         return _env_overrides(cls, env, explicit)
 
 
@@ -192,7 +230,10 @@ class ConsumerSettings:
     """How a consumer process reads, persists and acknowledges.
 
     ``claim_idle_ms``: entries another consumer has held this long are claimed (XAUTOCLAIM).
-    ``drain``: exit 0 once every known simulation is complete and fully persisted.
+    ``drain``: exit 0 once every known simulation is complete (or abandoned) and fully persisted;
+    started before any simulation exists, wait up to ``wait_for_simulation_s`` for the first one.
+    ``abandoned_after_s``: a simulation that is not complete and whose producer has not been heard
+    from for this long (its heartbeat, else its newest entry) is abandoned.
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
     The repr masks the URLs' passwords.
     """
@@ -210,13 +251,17 @@ class ConsumerSettings:
     max_deliveries: int = 10
     trim_interval_ms: int = 1_000
     drain: bool = False
+    abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
+    wait_for_simulation_s: float = DEFAULT_WAIT_FOR_SIMULATION_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
         validate_redis_url(self.redis_url)
         validate_db_url(self.db_url)
         _require_positive(self, "batch_size", "block_ms", "claim_interval_ms",
-                          "discover_interval_ms", "max_deliveries", "trim_interval_ms")
+                          "discover_interval_ms", "max_deliveries", "trim_interval_ms", "abandoned_after_s")
+        if self.wait_for_simulation_s < 0:
+            raise ConfigurationError(f"wait_for_simulation_s must be >= 0, got {self.wait_for_simulation_s!r}")
         if self.claim_idle_ms < 0:
             raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
 
@@ -230,7 +275,9 @@ class ConsumerSettings:
                "db_url": os.environ.get(ENV_DB_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
                "redis_ca_certs": os.environ.get(ENV_REDIS_CA_CERTS, ""),
-               "group": os.environ.get(ENV_GROUP, "")}
+               "group": os.environ.get(ENV_GROUP, ""),
+               "abandoned_after_s": _env_seconds(ENV_ABANDONED_AFTER_S),
+               "wait_for_simulation_s": _env_seconds(ENV_WAIT_FOR_SIMULATION_S)}
         return _env_overrides(cls, env, explicit)
 
     def replace(self, **changes: Any) -> ConsumerSettings:
