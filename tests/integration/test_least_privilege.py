@@ -14,6 +14,7 @@ import redis
 
 from common import RecentStates
 from common.embedded_redis import server_version
+from common.errors import PersistTimeout
 from common.settings import DEFAULT_NAMESPACE
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
@@ -92,7 +93,8 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
     consumer_url = acl_server.url_for("simstream-consumer", consumer_password)
 
     # When: a simulation logs as the producer user
-    logger = RedisBufferedDataLogger(simulation_id, producer_url, namespace=NAMESPACE)
+    logger = RedisBufferedDataLogger(simulation_id, producer_url, namespace=NAMESPACE,
+                                     journal_dir=str(tmp_path / "journal"))
     expected = produce_workload(logger, steps=10, agents=5)
     report = logger.close()
 
@@ -114,6 +116,8 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
     cli = Cli({**env, "SIMSTREAM_REDIS_URL": consumer_url, "SIMSTREAM_DB_URL": sqlite_url,
                "SIMSTREAM_NAMESPACE": NAMESPACE}, tmp_path)
     status = cli.run("status", "--json", timeout=60)
+    with pytest.raises(PersistTimeout, match="may not read the stream"):  # it may ask how far the group is
+        logger.producer.wait_persisted(timeout_s=0.5)
     consume = cli.run("consume", "--processes", "2", "--drain", "--no-progress", "--claim-idle-ms", "0",
                       "--block-ms", "100", timeout=90)
 
@@ -123,6 +127,7 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
     assert shown["simulation_id"] == simulation_id and shown["pending"] == 1 and shown["lag"] == length - 1
     assert [consumer["name"] for consumer in shown["consumers"]] == ["dead-consumer"]
     assert consume.returncode == 0, consume.stderr
+    assert logger.producer.wait_persisted(timeout_s=10).all_in_redis
     assert_rows_match(sink_engine, simulation_id, expected)
     assert not admin.exists(stream)
     # (redis-py's optional CLIENT SETINFO at connect is refused, and ignored by redis-py)
@@ -133,7 +138,7 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
 
 
 @pytest.mark.newest_redis
-def test_producer_with_recent_state_tiers_under_the_redis7_selector(acl_server, simulation_id):
+def test_producer_with_recent_state_tiers_under_the_redis7_selector(acl_server, simulation_id, tmp_path):
     if server_version(acl_server.binary) < (7, 0, 0):
         pytest.skip("ACL selectors need Redis >= 7; the bundled 6.2 has none")
     # Given: the producer's line with the README's tier selector appended
@@ -143,7 +148,8 @@ def test_producer_with_recent_state_tiers_under_the_redis7_selector(acl_server, 
     url = acl_server.url_for("simstream-producer", password)
 
     # When: a simulation logs with recent_state=True
-    logger = RedisBufferedDataLogger(simulation_id, url, namespace=NAMESPACE, recent_state=True)
+    logger = RedisBufferedDataLogger(simulation_id, url, namespace=NAMESPACE, recent_state=True,
+                                     journal_dir=str(tmp_path / "journal"))
     produce_workload(logger, steps=5, agents=3)
     report = logger.close()
 
