@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from common.errors import ConfigurationError, RedisUnavailable
+from common.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ class EmbeddedRedis:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=_die_with_parent)
         self._wait_ready(timeout_s)
-        log.info("embedded_redis.started url=%s pid=%s binary=%s", self.url, self.process.pid, self.binary)
+        log.info("embedded_redis.started url=%s pid=%s binary=%s", mask_secrets(self.url), self.process.pid,
+                 self.binary)
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -140,7 +142,7 @@ class EmbeddedRedis:
             client.close()
         tail = self.log_tail()
         self.stop()
-        raise RedisUnavailable(f"redis-server at {self.url} did not start: {tail}")
+        raise RedisUnavailable(mask_secrets(f"redis-server at {self.url} did not start: {tail}"))
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the server's log file (for error messages)."""
