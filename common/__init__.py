@@ -2,7 +2,7 @@
 
 from common.codec import FORMAT_VERSION, Record, decode, make_encoder
 from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, GroupMissing, PermanentError,
-                           PersistTimeout, RecordError, RedisUnavailable, SimstreamError, TransientError)
+                           PersistTimeout, RecordError, RedisUnavailable, SenderFailed, SimstreamError, TransientError)
 from common.keys import Keys
 from common.masking import mask_secrets
 from common.records import KINDS, RecordKind
@@ -15,6 +15,6 @@ __all__ = [
     "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
     "GroupMissing", "Keys", "Mix", "PermanentError", "PersistTimeout", "ProducerSettings", "Record", "RecordError",
     "RecordKind",
-    "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SimstreamError", "TierWriter",
+    "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SenderFailed", "SimstreamError", "TierWriter",
     "TransientError", "decode", "make_encoder", "mask_secrets",
 ]

@@ -3,6 +3,12 @@
 Payload: ``[format_version, kind, producer_id, seq, fields]``. ``producer_id`` + ``seq`` is the
 record's identity (its ``record_key``): a record sent twice (a retried XADD whose reply was
 lost, a journal replayed) keeps it, so the sink can ignore the copy.
+
+An *unencodable* record (a value nested deeper than msgpack's 511 levels, a ``__repr__`` that
+raises, anything the encoder cannot turn into bytes) is sent marked: its ``fields`` slot holds a
+string, the reason, instead of a map. It keeps its identity, so the producer's sequence numbers
+stay contiguous, and :func:`decode` raises RecordError with that reason: the consumer
+dead-letters exactly that record, and the producer's sender thread never stops on a value.
 """
 
 from __future__ import annotations
@@ -65,19 +71,34 @@ def _plain(value: Any) -> Any:
     return repr(value) if converted is value else _plain(converted)
 
 
+_REASON_CHARS = 500
+
+
+def unencodable_reason(exc: BaseException) -> str:
+    """The one-line reason an unencodable record carries in place of its fields."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"[:_REASON_CHARS]
+
+
 def make_encoder() -> Callable[[str, str, int, dict[str, Any]], bytes]:
     """An encoder with its own reusable packer; use one per thread. Never raises for a value:
     what msgpack cannot carry (a datetime, an int past 64 bits) is sent as its repr, and the
-    consumer then takes it or dead-letters the record with the reason."""
+    consumer then takes it or dead-letters the record with the reason; a record that cannot be
+    encoded even so (nesting past msgpack's depth or Python's recursion limit, a failing
+    ``__repr__``) is sent marked unencodable (see the module docstring)."""
     packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
 
     def encode(kind: str, producer_id: str, seq: int, fields: dict[str, Any]) -> bytes:
         nonlocal packer
         try:
             return packer.pack((FORMAT_VERSION, kind, producer_id, seq, fields))
-        except (TypeError, ValueError, OverflowError):
+        except Exception:  # noqa: BLE001 - any value may fail; the fallback below says why
             packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)  # drop any half-packed state
+        try:
             return packer.pack((FORMAT_VERSION, kind, producer_id, seq, _plain(fields)))
+        except Exception as exc:  # noqa: BLE001 - RecursionError, ValueError (depth), a raising __repr__
+            packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, unencodable_reason(exc)))
 
     return encode
 
@@ -100,6 +121,8 @@ def decode(payload: bytes | None) -> Record:
     kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise RecordError(f"unknown record kind {kind_name!r}")
+    if isinstance(fields, str):  # marked unencodable by its producer: the reason is in place of the fields
+        raise RecordError(f"{kind_name} record {producer_id}:{seq} could not be encoded by its producer ({fields})")
     if not isinstance(producer_id, str) or not isinstance(seq, int) or not isinstance(fields, dict):
         raise RecordError("payload has a malformed producer id, sequence number or fields map")
     return Record(kind, producer_id, seq, fields)

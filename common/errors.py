@@ -4,6 +4,7 @@
 
     SimstreamError
     ├── ConfigurationError        bad URL, bad option, unwritable path: fix the setting
+    ├── SenderFailed              a producer's sender thread died for good: records go to its journal
     ├── TransientError            retried; the entries involved stay pending in Redis
     │   ├── RedisUnavailable      Redis refused, timed out or dropped the connection
     │   ├── DatabaseUnavailable   the SQL sink is locked, busy or unreachable
@@ -42,6 +43,19 @@ class ConfigurationError(SimstreamError):
     """A setting is wrong; the message says which one and what to do."""
 
     exit_code = ExitCode.BAD_CONFIGURATION
+
+
+class SenderFailed(SimstreamError):
+    """A producer's sender thread ended and could not be restarted.
+
+    Its records went to the journal instead of Redis (``flush()`` and ``close()`` raise this, with
+    the journal's path); ``log()`` raises it only when the journal cannot take them either.
+    ``report`` is the producer's FlushReport when there is one.
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class TransientError(SimstreamError):

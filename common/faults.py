@@ -1,4 +1,4 @@
-"""Test-only crash seam: SIGKILL this process at a named dangerous moment.
+"""Test-only fault seams: SIGKILL this process, or end the current thread, at a named moment.
 
 Tests pin the dangerous moments deterministically instead of hoping a random kill lands there:
 
@@ -12,6 +12,13 @@ Tests pin the dangerous moments deterministically instead of hoping a random kil
 ``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is created just before the kill,
 and a worker that finds it does not crash again (so a restarted worker carries on). Unset, every
 call is a dictionary lookup and a return.
+
+``SIMSTREAM_TEST_KILL_THREAD`` ends a thread instead of the process, as an unexpected error would
+(:class:`ThreadKilled`, a BaseException that no handler on the way catches):
+
+- ``sender_in_hand:N``: a producer's sender thread, at the N-th batch it has taken from the buffer
+  and not yet handed to Redis or the journal; ``sender_in_hand:N+`` at that batch and every later
+  one (so each restarted thread dies too). ``reset()`` forgets the counts between tests.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 CRASH_ENV = "SIMSTREAM_TEST_CRASH"
 CRASH_SLOT_ENV = "SIMSTREAM_TEST_CRASH_SLOT"
 CRASH_ONCE_FILE_ENV = "SIMSTREAM_TEST_CRASH_ONCE_FILE"
+KILL_THREAD_ENV = "SIMSTREAM_TEST_KILL_THREAD"
 
 _counts: dict[str, int] = {}
 
@@ -52,3 +60,28 @@ def checkpoint(point: str, slot: int) -> None:
         if once_file:
             Path(once_file).touch()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ThreadKilled(BaseException):
+    """Raised by an armed thread seam: the thread ends as if an unexpected error had escaped it."""
+
+
+def thread_checkpoint(point: str) -> None:
+    """Raise ThreadKilled if a test armed ``point`` (see the module docstring) for this passage."""
+    spec = os.environ.get(KILL_THREAD_ENV)
+    if not spec:
+        return
+    armed, _, nth = spec.partition(":")
+    if armed != point:
+        return
+    key = f"thread:{point}"
+    _counts[key] = _counts.get(key, 0) + 1
+    every_later = nth.endswith("+")
+    first = int(nth.rstrip("+") or 1)
+    if _counts[key] == first or (every_later and _counts[key] > first):
+        raise ThreadKilled(f"test seam {KILL_THREAD_ENV}={spec} ended this thread")
+
+
+def reset() -> None:
+    """Forget how often each point was passed (tests arming seams in one process call this)."""
+    _counts.clear()

@@ -6,6 +6,13 @@ to the on-disk journal. While a journal exists, newer batches follow it there (s
 the order records were logged in), and every ``journal_retry_interval_s`` the journal is replayed;
 once it is in Redis the file is removed and batches go straight to Redis again.
 
+The thread never dies silently. A value that cannot be encoded is sent marked (the consumer
+dead-letters that record alone, see :mod:`common.codec`). If the thread ends anyway (a bug, an
+error no handler expected), it is restarted, with the batch it held, after a jittered pause; after
+``_MAX_RESTARTS`` deaths in a row without progress it is not restarted again: every record it held
+or that waits in the buffer goes to the journal, ``failure`` says why, and the producer's
+``flush()`` and ``close()`` raise :class:`~common.errors.SenderFailed`.
+
 Backpressure: every batch's pipeline also reads XLEN. The stream holds only unpersisted entries
 plus what awaits trimming, so its length is the backlog. Past ``high_water_records`` the sender
 either spills to the journal (``backpressure="spill"``) or sets ``throttle`` so ``log()`` slows
@@ -25,13 +32,14 @@ from typing import Any, Callable
 import redis
 from tenacity import Retrying, retry_if_exception_type
 
+from common import faults
 from common.codec import ENTRY_FIELD, make_encoder
 from common.connections import redis_client
 from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
 from common.journal import Journal, journal_path, journals_for, replay_journal
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
-from common.retry import jittered_backoff
+from common.retry import backoff_s, jittered_backoff
 from common.settings import ProducerSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,9 @@ log = logging.getLogger(__name__)
 # returns the id of the last entry added, which ``wait_persisted`` waits for.
 XADD_BATCH_SCRIPT = ("local id for i = 2, #ARGV do id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end "
                      + NOW_MS_LUA + f"redis.call('HSET', KEYS[2], '{HEARTBEAT_FIELD}', now) return id")
+
+_MAX_RESTARTS = 3
+"""Deaths in a row, without a batch handed off in between, after which the thread is not restarted."""
 
 BufferedRecord = tuple[str, int, dict[str, Any]]
 """(kind, seq, fields) as ``log()`` leaves it for the sender."""
@@ -67,19 +78,21 @@ class SenderStats:
     last_error: str | None = None
 
 
-class BatchSender(threading.Thread):
-    """Drains ``buffer`` into the simulation's stream (or its journal) until stopped and empty.
+class BatchSender:
+    """Drains ``buffer`` into the simulation's stream (or its journal) from a background thread,
+    until stopped and empty; restarts that thread if it dies (see the module docstring).
 
     ``handed_off_seq``: every record up to this sequence number is in Redis or in the journal.
     ``in_journal``: how many of them are in the journal, not yet in Redis.
     ``last_entry_id``: the id of the newest entry this sender added to the stream (a batch's last,
     or the last of a journal it replayed); set before ``handed_off_seq`` / ``in_journal`` move.
     ``first_sent_at``: when (monotonic) Redis first took a batch of this sender, else None.
+    ``in_hand``: the batch taken from the buffer and not yet handed off (a restarted thread sends
+    it first). ``failure``: why the thread is gone for good, or None.
     """
 
     def __init__(self, simulation_id: str, producer_id: str, buffer: deque[BufferedRecord],
                  settings: ProducerSettings, keys: Keys) -> None:
-        super().__init__(name=f"simstream-sender-{simulation_id}", daemon=True)
         self.simulation_id = simulation_id
         self.producer_id = producer_id
         self.buffer = buffer
@@ -100,6 +113,13 @@ class BatchSender(threading.Thread):
         self.first_sent_at: float | None = None
         self._last_heartbeat = 0.0
         self.stats = SenderStats()
+        self.in_hand: list[BufferedRecord] = []
+        self.failure: str | None = None
+        self.restarts = 0
+        self._thread: threading.Thread | None = None
+        self._replacing = False
+        self._deaths_in_a_row = 0
+        self._seq_at_last_death = 0
         self._left_journals: list[Path] = journals_for(settings.journal_dir, simulation_id)
         self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
         self._spilling_for_backlog = False
@@ -109,6 +129,95 @@ class BatchSender(threading.Thread):
         self._spill_now = False
         self._encode = make_encoder()
         self._client: redis.Redis | None = None
+
+    # -- the thread's life -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start (or restart) the background thread."""
+        thread = threading.Thread(target=self._run, name=f"simstream-sender-{self.simulation_id}", daemon=True)
+        self._thread = thread  # before start(): a successor started by this thread must replace it, not be replaced
+        thread.start()
+
+    def is_alive(self) -> bool:
+        """True while a sender thread runs, or a dead one is being replaced."""
+        thread = self._thread
+        return self._replacing or (thread is not None and thread.is_alive())
+
+    def join(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the thread to finish, following restarts."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            thread = self._thread
+            if thread is None:
+                return
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread is self._thread or time.monotonic() >= deadline:
+                return
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the thread, its records must not be stranded
+            self._replacing = True
+            try:
+                self._after_death(exc)
+            finally:
+                self._replacing = False
+        finally:
+            with self.progress:
+                self.progress.notify_all()
+
+    def _after_death(self, exc: BaseException) -> None:
+        """Restart the thread with the batch it held, or, after too many deaths, journal everything."""
+        log.error("producer.sender_failed simulation=%s error=%s: %s", self.simulation_id,
+                  type(exc).__name__, exc, exc_info=exc)
+        self._close_client()
+        self._encode = make_encoder()
+        progressed = self.handed_off_seq > self._seq_at_last_death
+        self._deaths_in_a_row = 1 if progressed else self._deaths_in_a_row + 1
+        self._seq_at_last_death = self.handed_off_seq
+        if self._deaths_in_a_row <= _MAX_RESTARTS:
+            time.sleep(backoff_s(self._deaths_in_a_row))
+            try:
+                self.start()
+                self.restarts += 1
+                log.warning("producer.sender_restarted simulation=%s restarts=%d held=%d",
+                            self.simulation_id, self.restarts, len(self.in_hand))
+                return
+            except RuntimeError as start_error:  # the interpreter cannot start a thread now
+                exc = start_error
+        self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self.failure = (f"the sender thread of simulation {self.simulation_id!r} died {self._deaths_in_a_row} "
+                        f"times in a row ({reason})")
+        log.error("producer.sender_gave_up simulation=%s journal=%s error=%s",
+                  self.simulation_id, self.journal.path, reason)
+        try:
+            self.journal_buffered()
+        except OSError as journal_error:
+            self.failure += f"; its journal {self.journal.path} cannot be written either ({journal_error})"
+            log.error("producer.journal_failed simulation=%s error=%s", self.simulation_id, journal_error)
+
+    def journal_buffered(self) -> int:
+        """Journal the batch in hand and every buffered record (once the thread is gone for good).
+
+        Safe from any thread. Raises OSError if the journal cannot be written; the records then
+        stay where they were. Returns how many were journaled.
+        """
+        with self.hand_off:
+            records = self.in_hand + list(self.buffer)
+            if not records:
+                return 0
+            self._to_journal([self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in records])
+            for _ in range(len(records) - len(self.in_hand)):
+                self.buffer.popleft()
+            self.in_hand = []
+            with self.progress:
+                self.handed_off_seq = records[-1][1]
+                self.progress.notify_all()
+        return len(records)
 
     # -- control, from the simulation thread -----------------------------------------------
 
@@ -125,35 +234,32 @@ class BatchSender(threading.Thread):
 
     # -- the thread ------------------------------------------------------------------------
 
-    def run(self) -> None:
-        try:
-            while True:
-                self.wake.wait(self.settings.flush_interval_s)
-                self.wake.clear()
-                if self.journaling:
-                    self._try_leave_journal()
-                self._send_buffered()
-                self._heartbeat_if_idle()
-                if self._stopping and not self.buffer:
-                    self._finish()
-                    return
-        except Exception:
-            log.exception("producer.sender_failed simulation=%s", self.simulation_id)
-            raise
-        finally:
-            with self.progress:
-                self.progress.notify_all()
-            if self._client is not None:
-                self._client.close()
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait(self.settings.flush_interval_s)
+            self.wake.clear()
+            if self.journaling:
+                self._try_leave_journal()
+            self._send_buffered()
+            self._heartbeat_if_idle()
+            if self._stopping and not self.buffer:
+                self._finish()
+                self._close_client()
+                return
+
+    def _take_batch(self) -> list[BufferedRecord]:
+        # Only this thread pops, so len() is a lower bound while log() keeps appending.
+        popleft = self.buffer.popleft
+        with self.hand_off:
+            self.in_hand = [popleft() for _ in range(min(len(self.buffer), self.settings.batch_size))]
+        return self.in_hand
 
     def _send_buffered(self) -> None:
-        popleft = self.buffer.popleft
-        while self.buffer:
-            # Only this thread pops, so len() is a lower bound while log() keeps appending.
-            with self.hand_off:
-                batch = [popleft() for _ in range(min(len(self.buffer), self.settings.batch_size))]
+        while self.in_hand or self.buffer:
+            batch = self.in_hand or self._take_batch()  # a restarted thread first sends what it held
             if not batch:  # the producer recalled what was left
                 break
+            faults.thread_checkpoint("sender_in_hand")
             payloads = [self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in batch]
             extras = () if self.pipeline_extras is None or self.journaling else self.pipeline_extras(batch)
             if self.journaling or not self._send_with_retry(self._send_batch, payloads, batch[-1][1], extras):
@@ -164,6 +270,7 @@ class BatchSender(threading.Thread):
             self.stats.sent_by_kind.update(kind for kind, _, _ in batch)
             with self.progress:
                 self.handed_off_seq = batch[-1][1]
+                self.in_hand = []
                 self.progress.notify_all()
 
     def _finish(self) -> None:
@@ -187,6 +294,14 @@ class BatchSender(threading.Thread):
         if self._client is None:
             self._client = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
         return self._client
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a connection broken mid-command: nothing left to close
+                pass
 
     def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
         pipe = self._redis().pipeline(transaction=False)

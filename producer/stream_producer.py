@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import redis
 
 from common.connections import redis_client
-from common.errors import ConfigurationError, GroupMissing, PersistTimeout
+from common.errors import ConfigurationError, GroupMissing, PersistTimeout, SenderFailed
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
 from common.settings import ProducerSettings
@@ -75,7 +75,10 @@ class StreamProducer:
     """Buffers a simulation's records and streams them to Redis from a background thread.
 
     Guarantees: ``log()`` never waits for the network and never raises because Redis is slow or
-    down (only for a programming error: unknown kind or field names); every record keeps a key
+    down (only for a programming error: unknown kind or field names, or SenderFailed when neither
+    Redis nor the journal can take records); no value stops the sender thread, and a sender thread
+    that dies anyway is restarted, or its records are journaled and ``flush()``/``close()`` raise
+    SenderFailed; every record keeps a key
     (producer id, sequence number) so a copy sent twice is written once; ``close()`` sends
     everything, then marks the simulation complete so consumers can finish it.
 
@@ -97,6 +100,7 @@ class StreamProducer:
         self._last_seq = 0
         self._closed = False
         self._close_lock = threading.Lock()
+        self._completion_journaled = False
         self._sender = BatchSender(self.simulation_id, self.producer_id, self._buffer,
                                    self.settings, self.keys)
         if recent_state or redis_stm_config or redis_im_config:
@@ -111,7 +115,8 @@ class StreamProducer:
     def log(self, kind: str, /, **fields: Any) -> None:
         """Queue one record of ``kind`` for the stream; returns in microseconds.
 
-        Raises ValueError for an unknown kind or field name, RuntimeError after ``close()``.
+        Raises ValueError for an unknown kind or field name, RuntimeError after ``close()``, and
+        SenderFailed only when the sender thread is gone for good and the journal cannot be written.
         """
         spec = KINDS.get(kind) or kind_named(kind)
         spec.check_names(fields)
@@ -120,8 +125,11 @@ class StreamProducer:
         seq = self._next_seq()
         self._buffer.append((kind, seq, fields))
         self._last_seq = seq
-        if len(self._buffer) >= self._batch_size and not self._wake.is_set():
-            self._wake.set()  # Event.set takes a lock: only when the sender is not already woken
+        if len(self._buffer) >= self._batch_size:
+            if self._sender.failure is not None:
+                self._journal_instead()  # no sender thread any more: this thread journals, batch by batch
+            elif not self._wake.is_set():
+                self._wake.set()  # Event.set takes a lock: only when the sender is not already woken
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
 
@@ -153,10 +161,15 @@ class StreamProducer:
         return self._closed
 
     def flush(self, timeout_s: float | None = None) -> FlushReport:
-        """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""
+        """Wait until every record logged so far is in Redis, or ``timeout_s`` passes.
+
+        Raises SenderFailed if the sender thread is gone for good (its records are then in the
+        journal, which the message names).
+        """
         target = self._last_seq
         self._sender.wake.set()
         self._wait_sent(target, timeout_s if timeout_s is not None else self.settings.close_timeout_s)
+        self._raise_if_failed(target)
         return self._report(target)
 
     def wait_persisted(self, timeout_s: float | None = None) -> FlushReport:
@@ -273,13 +286,15 @@ class StreamProducer:
         if self._sender.is_alive():
             self._sender.spill_now()  # stop waiting for Redis: the rest goes to the journal
             self._sender.join(_SPILL_JOIN_S)
+        self._raise_if_failed(self._last_seq, closing=True)
         report = self._report(self._last_seq)
         log.log(logging.INFO if report.all_in_redis else logging.WARNING,
                 "producer.closed simulation=%s %s", self.simulation_id, report)
         return report
 
     def stats(self) -> dict[str, Any]:
-        """Counts so far: records logged and sent, per kind, and failed send attempts."""
+        """Counts so far: records logged and sent, per kind, failed send attempts, and how often the
+        sender thread was restarted (``sender_failure``: why it is gone for good, or None)."""
         sender = self._sender.stats
         return {
             "logged": self._last_seq,
@@ -291,7 +306,37 @@ class StreamProducer:
             "batches": sender.batches,
             "failed_attempts": sender.failed_attempts,
             "last_error": sender.last_error,
+            "sender_restarts": self._sender.restarts,
+            "sender_failure": self._sender.failure,
         }
+
+    def _journal_instead(self) -> None:
+        """Journal what the buffer holds; SenderFailed if the journal cannot take it either."""
+        try:
+            self._sender.journal_buffered()
+        except OSError as exc:
+            raise SenderFailed(f"{self._sender.failure}; its journal {self._sender.journal.path} cannot be "
+                               f"written either ({exc}): {len(self._buffer) + len(self._sender.in_hand)} records are only "
+                               "in memory") from exc
+
+    def _raise_if_failed(self, target: int, closing: bool = False) -> None:
+        """If the sender thread is gone for good: journal the rest (and, closing, the completion),
+        then raise SenderFailed saying where the records are."""
+        sender = self._sender
+        if sender.failure is None:
+            return
+        self._journal_instead()
+        if closing and not sender.completed and not self._completion_journaled:
+            try:
+                sender.journal.mark_complete()
+                self._completion_journaled = True
+            except OSError as exc:
+                raise SenderFailed(f"{sender.failure}; the journal {sender.journal.path} cannot be "
+                                   f"written ({exc})") from exc
+        report = self._report(target)
+        log.error("producer.sender_gone simulation=%s %s", self.simulation_id, report)
+        raise SenderFailed(f"{sender.failure}: records go to the journal, not to Redis ({report}); "
+                           "`simstream replay-journal` sends them once Redis is reachable", report)
 
     def _wait_sent(self, target: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -321,4 +366,7 @@ def _flush_at_exit(producer_ref: weakref.ref) -> None:
     """At interpreter exit, send what a producer still holds (it is not marked complete)."""
     producer = producer_ref()
     if producer is not None and not producer._closed:
-        producer.flush(timeout_s=producer.settings.close_timeout_s)
+        try:
+            producer.flush(timeout_s=producer.settings.close_timeout_s)
+        except SenderFailed as exc:
+            log.error("producer.exit_with_journal simulation=%s error=%s", producer.simulation_id, exc)
