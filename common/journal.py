@@ -37,6 +37,7 @@ import redis
 from common import faults
 from common.codec import ENTRY_FIELD
 from common.heartbeat import touch_command
+from common.failover import confirm_replicas, slot_client
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
 
@@ -160,11 +161,13 @@ class ReplayResult:
 
 
 def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000,
-                   mark_complete: bool = True) -> ReplayResult:
+                   mark_complete: bool = True, replica_acks: int = 0, replica_wait_ms: int = 1000) -> ReplayResult:
     """Send a journal's records to their simulation's stream in order, then delete the file.
 
     ``mark_complete=False``: a completion marker in the journal is not applied (a producer of the
-    same simulation replaying what an earlier one left is itself still running).
+    same simulation replaying what an earlier one left is itself still running). ``replica_acks``:
+    each batch counts as sent only once WAIT confirms that many replicas have it (the producer's
+    setting of the same name).
 
     Raises redis.RedisError if Redis fails part-way; the file is then kept for the next try.
     The file stays locked from reading to removal (see the module docstring); a journal another
@@ -177,31 +180,32 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
         except FileNotFoundError:
             return ReplayResult(path, 0, False)
         payloads, complete = _frames(handle.read())
-        last_entry_id = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size)
+        last_entry_id = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size,
+                              (replica_acks, replica_wait_ms))
         path.unlink()
     return ReplayResult(path, len(payloads), complete, last_entry_id)
 
 
 def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[bytes], complete: bool,
-          batch_size: int) -> str | None:
-    """XADD ``payloads`` in order, then record the producers' sequence numbers (and completion);
-    each batch refreshes the heartbeat. Returns the id of the last entry added (None if none)."""
+          batch_size: int, replicas: tuple[int, int] = (0, 0)) -> str | None:
+    """Register the simulation, XADD ``payloads`` in order, then record the producers' sequence
+    numbers (and completion); each batch refreshes the heartbeat. The stream's commands go to the
+    master owning its slot. Returns the id of the last entry added (None if none)."""
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
+    client.sadd(keys.registry, simulation_id)
     last_seq: dict[str, int] = {}
     last_entry_id = None
     layouts: list[str] = []
     for start in range(0, len(payloads), batch_size):
-        pipe = client.pipeline(transaction=False)
+        pipe = slot_client(client, stream).pipeline(transaction=False)
         chunk = payloads[start:start + batch_size]
         for payload in chunk:
             pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
             _note_identity(payload, last_seq, layouts)
-        pipe.sadd(keys.registry, simulation_id)
         pipe.execute_command(*touch_command(meta))
-        last_entry_id = pipe.execute()[len(chunk) - 1]
+        last_entry_id = confirm_replicas(pipe, *replicas)[len(chunk) - 1]
         faults.checkpoint("journal_mid_replay", 0)
-    pipe = client.pipeline(transaction=False)
-    pipe.sadd(keys.registry, simulation_id)
+    pipe = slot_client(client, stream).pipeline(transaction=False)
     pipe.execute_command(*touch_command(meta))
     if layouts:  # before the sequence numbers, as a producer writes them (see common.layouts)
         pipe.hset(meta, LAYOUT_FIELD, layouts[-1])
@@ -209,7 +213,7 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
         pipe.hset(meta, f"seq:{producer_id}", seq)
     if complete:
         pipe.hset(meta, mapping={"complete": 1, "completed_at": time.time()})
-    pipe.execute()
+    confirm_replicas(pipe, *replicas)
     if isinstance(last_entry_id, bytes):
         last_entry_id = last_entry_id.decode()
     return last_entry_id

@@ -2,9 +2,9 @@
 
 One stream per simulation. Every key of a simulation carries the hash tag ``{simulation_id}``, so
 on a Redis Cluster they share one slot and a pipeline of them never crosses slots. The registry
-(a set of simulation ids) is the one key outside any simulation's slot; it is only ever used in
-single-key commands. A non-transactional pipeline may still mix it with a simulation's keys (the
-producer's batches do): the cluster client sends each command to the node owning its key.
+(a set of simulation ids) and the consumers' failure reports (a hash) are the keys outside any
+simulation's slot; they are only ever used in single-key commands, never in a pipeline with a
+simulation's keys (a batch must not wait on, or fail with, another master).
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class Keys:
     def registry(self) -> str:
         """Set of the simulation ids that have (or had) a stream."""
         return f"{self.namespace}:simulations"
+
+    @property
+    def failing(self) -> str:
+        """Hash of what each consumer is retrying now (see consumer/failures.py): field consumer name."""
+        return f"{self.namespace}:failing"
 
     def stream(self, simulation_id: str) -> str:
         """The stream holding the simulation's records."""

@@ -170,6 +170,11 @@ class ProducerSettings:
     is none. ``heartbeat_interval_s``: the sender refreshes the simulation's heartbeat with every
     batch and at least this often while idle (see ``simstream status``, state ``abandoned``).
     The repr masks the URL's password.
+
+    ``replica_acks``: a batch counts as sent only once ``WAIT`` confirms that many replicas of the
+    stream's master have it (within ``replica_wait_ms``); else it is sent again, and journaled
+    after ``spill_after_s``. 0 (the default) does not wait: a failover may then lose the last
+    writes the master acknowledged but had not yet replicated.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -192,6 +197,8 @@ class ProducerSettings:
     group_wait_s: float = 3.0
     heartbeat_interval_s: float = 5.0
     layout: str = "standalone"
+    replica_acks: int = 0
+    replica_wait_ms: int = 1000
 
     def __post_init__(self) -> None:
         from common.layouts import layout_named  # the table definitions are not needed to read settings
@@ -201,11 +208,14 @@ class ProducerSettings:
         layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
-                          "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s")
+                          "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s",
+                          "replica_wait_ms")
         if self.group_wait_s < 0:
             raise ConfigurationError(f"group_wait_s must be >= 0, got {self.group_wait_s!r}")
         if not self.group:
             raise ConfigurationError("group must not be empty (set it or SIMSTREAM_GROUP)")
+        if self.replica_acks < 0:
+            raise ConfigurationError(f"replica_acks must be >= 0, got {self.replica_acks!r}")
         if self.backpressure not in BACKPRESSURE_POLICIES:
             raise ConfigurationError(f"backpressure must be one of {BACKPRESSURE_POLICIES}, got {self.backpressure!r}")
         if self.low_water_records > self.high_water_records:

@@ -10,7 +10,8 @@ lag, pending, consumers' idle time, dead letters, restarts.
 Worker metrics (labels: consumer; records also table):
 ``simstream_records_persisted_total``, ``simstream_batches_total``,
 ``simstream_commit_seconds`` (histogram), ``simstream_dead_lettered_total``,
-``simstream_claimed_total``, ``simstream_retries_total``.
+``simstream_claimed_total``, ``simstream_retries_total``, and ``simstream_retry_seconds_total``
+(labels consumer, what: ``sink`` or ``redis``), the time spent retrying a failing database or Redis.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _instruments() -> dict[str, Any]:
                            registry=None),
         "retries": Counter("simstream_retries", "Transient failures retried (Redis or database).", ["consumer"],
                            registry=None),
+        "retry_seconds": Counter("simstream_retry_seconds", "Time spent retrying a failing sink or Redis.",
+                                 ["consumer", "what"], registry=None),
     }
 
 
@@ -83,6 +86,11 @@ class WorkerMetrics:
         """One transient failure that will be retried."""
         if self.enabled:
             _instruments()["retries"].labels(self.consumer).inc()
+
+    def retrying(self, what: str, seconds: float) -> None:
+        """``seconds`` more spent retrying ``what`` (``sink`` or ``redis``)."""
+        if self.enabled and seconds > 0:
+            _instruments()["retry_seconds"].labels(self.consumer, what).inc(seconds)
 
 
 class MetricsDir:

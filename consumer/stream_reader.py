@@ -10,21 +10,25 @@ On a Redis Cluster one XREADGROUP may only name streams of one hash slot, so new
 slot by slot, and the wait (BLOCK) is shared between the slots: each gets its slice of
 ``block_ms``, and once one has answered the rest are read without waiting. The raw-reply commands
 go straight to the node owning the stream's slot, because the cluster client would run the
-node's own reply parser before any callback of ours.
+node's own reply parser before any callback of ours. A failover error there (the node refused or
+dropped the connection, answered MOVED or CLUSTERDOWN, timed out) refreshes the slot map; if it
+then names another owner the command is sent there at once, else it fails as RedisUnavailable and
+the worker sets that stream aside, with backoff, while it serves the others (``read_new`` reports
+a slot whose read failed through ``on_failure`` and goes on with the next slot).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterError, TryAgainError
 
 from common.codec import ENTRY_FIELD, entry_payload
 from common.connections import is_cluster
 from common.errors import GroupMissing, RedisUnavailable
+from common.failover import REDIS_ERRORS, is_failover_error, refresh_slots, slot_client
 
 _RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
 
@@ -73,15 +77,15 @@ def _entries(raw_entries: Iterable[Any]) -> tuple[list[Entry], bool]:
     return entries, saw_bare_nil
 
 
-def translate(exc: redis.RedisError, what: str) -> Exception:
+def translate(exc: BaseException, what: str) -> BaseException:
     """The simstream error for a redis-py failure during ``what``."""
     # NOGROUP: the group or stream is missing. UNBLOCKED (Redis 7): the stream was deleted while
     # we were blocked reading it, e.g. removed by another consumer once it was fully persisted.
     if isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
         return GroupMissing(f"{what}: the consumer group or its stream is gone ({exc})")
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):  # BusyLoadingError too
         return RedisUnavailable(f"{what}: {exc}")
-    if isinstance(exc, (AskError, TryAgainError, ClusterError)):  # MOVED/ASK, slots migrating, cluster down
+    if is_failover_error(exc):  # MOVED/ASK, slots migrating, CLUSTERDOWN, no node answering
         return RedisUnavailable(f"{what}: the cluster is changing ({type(exc).__name__}: {exc})")
     return exc
 
@@ -107,17 +111,26 @@ class StreamReader:
         """The client that returns unparsed replies for ``stream``: on a cluster, its slot's node."""
         if not self.cluster:
             return self.client
-        node_client = self.client.get_redis_connection(self.client.get_node_from_key(stream))
+        node_client = slot_client(self.client, stream)
         for command in _RAW_COMMANDS:
             node_client.set_response_callback(command, _raw)  # the node client may be new
         return node_client
 
+    def _owner(self, stream: str) -> str | None:
+        return self.client.get_node_from_key(stream).name if self.cluster else None
+
     def _execute_raw(self, stream: str, *args: Any) -> Any:
+        owner = self._owner(stream)
         try:
             return self._raw_client(stream).execute_command(*args)
-        except AskError:
-            self.client.nodes_manager.initialize()  # slots moved: learn the new owners, then retry
-            raise
+        except REDIS_ERRORS as exc:
+            # On a cluster the owner may have changed: learn the new owners, and if the slot has
+            # another one now, send the command there at once; else the caller backs off.
+            if not (self.cluster and is_failover_error(exc) and refresh_slots(self.client)):
+                raise
+            if self._owner(stream) == owner:
+                raise
+            return self._raw_client(stream).execute_command(*args)
 
     def ensure_group(self, stream: str) -> None:
         """Create the group at the start of ``stream`` (creating the stream if missing).
@@ -127,20 +140,34 @@ class StreamReader:
         try:
             self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
-        except redis.RedisError as exc:
+            if str(exc).startswith("BUSYGROUP"):
+                return
+            if is_failover_error(exc):
+                raise translate(exc, f"creating group {self.group} on {stream}") from exc
+            raise
+        except REDIS_ERRORS as exc:
             raise translate(exc, f"creating group {self.group} on {stream}") from exc
 
-    def read_new(self, streams: list[str], count: int, block_ms: int) -> dict[str, list[Entry]]:
-        """Up to ``count`` never-delivered entries per stream, waiting at most ``block_ms``."""
+    def read_new(self, streams: list[str], count: int, block_ms: int,
+                 on_failure: Callable[[list[str], Exception], None] | None = None) -> dict[str, list[Entry]]:
+        """Up to ``count`` never-delivered entries per stream, waiting at most ``block_ms``.
+
+        With ``on_failure``, a slot whose read fails with RedisUnavailable or GroupMissing is
+        reported there (its streams, the error) and the other slots are still read.
+        """
         if not streams:
             return {}
         result: dict[str, list[Entry]] = {}
         groups = self._slot_groups(streams)
         slice_ms = max(1, block_ms // len(groups))
         for group in groups:
-            reply = self._read(group, [">"] * len(group), count, None if result else slice_ms)
+            try:
+                reply = self._read(group, [">"] * len(group), count, None if result else slice_ms)
+            except (RedisUnavailable, GroupMissing) as exc:
+                if on_failure is None:
+                    raise
+                on_failure(group, exc)
+                continue
             result.update((stream, entries) for stream, entries in reply.items() if entries)
         return result
 
@@ -166,7 +193,7 @@ class StreamReader:
             args += ["BLOCK", block_ms]
         try:
             reply = self._execute_raw(streams[0], *args, "STREAMS", *streams, *ids)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise translate(exc, "reading") from exc
         result: dict[str, list[Entry]] = {}
         for stream, raw_entries in _pairs(reply or []):
@@ -179,7 +206,7 @@ class StreamReader:
         try:
             reply = self._execute_raw(stream, "XAUTOCLAIM", stream, self.group, self.consumer,
                                       min_idle_ms, cursor, "COUNT", count)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise translate(exc, f"claiming on {stream}") from exc
         entries, unnamed_gone = _entries(reply[1])
         gone_ids = list(reply[2]) if len(reply) > 2 else []
@@ -191,7 +218,7 @@ class StreamReader:
             return
         try:
             self.client.xack(stream, self.group, *entry_ids)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise translate(exc, f"acknowledging on {stream}") from exc
 
     def delivery_counts(self, stream: str, first: bytes, last: bytes, count: int) -> dict[bytes, int]:
@@ -206,7 +233,7 @@ class StreamReader:
             try:
                 rows = self.client.xpending_range(stream, self.group, start, last, count,
                                                   consumername=self.consumer)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise translate(exc, f"reading delivery counts on {stream}") from exc
             counts.update((row["message_id"], row["times_delivered"]) for row in rows)
             if len(rows) < count:

@@ -5,10 +5,19 @@ from dead consumers, read new entries, persist, ack. The only unsafe window is b
 ack; a crash there replays the batch, and the idempotent inserts write nothing new.
 SIGTERM/SIGINT set a flag: the batch in hand is committed and acknowledged, then the worker exits
 0. A second signal exits at once (the entries in hand stay pending and are replayed later).
+
+Failures: a database that does not take a batch is retried (``_DB_RETRY_S``), then the worker
+backs off and replays. A single Redis server that fails stops every step, so the worker backs off
+as a whole. On a Redis Cluster a failure of one stream's master (refused, reset, MOVED,
+CLUSTERDOWN, timed out) sets only that stream aside: it is retried after a jittered backoff
+against the owner a refreshed slot map names (its own pending entries first), while the streams on
+healthy masters keep flowing. What the worker is retrying is published for ``status``
+(:mod:`consumer.failures`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,18 +25,22 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import redis
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from common import faults
 from common.connections import redis_client
-from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
+from common.errors import (DatabaseUnavailable, ExitCode, GroupMissing, RedisUnavailable, SimstreamError,
+                           TransientError)
+from common.failover import FAILOVER_ERRORS, REDIS_ERRORS, is_failover_error, refresh_slots
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
 from common.schema_setup import SchemaUnusable
-from common.retry import jittered_backoff
+from common.retry import backoff_s, jittered_backoff
 from common.settings import ConsumerSettings
+from consumer.failures import REDIS, SINK, FailureTracker
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
 from consumer.inspect import simulation_ids, stream_status, text_dict
 from consumer.metrics import WorkerMetrics
@@ -60,9 +73,13 @@ class _StreamState:
     layout: str | None = None  # announced by the producer in the meta hash (common.layouts)
     blocked_until: float = 0.0  # its database cannot take its rows: not read again before this
 
+    failures: int = 0  # Redis failures in a row (a cluster master down): set aside until retry_at
+    retry_at: float = 0.0
+
     def ready(self, now: float) -> bool:
-        """True unless the simulation's database was found unusable less than an interval ago."""
-        return now >= self.blocked_until
+        """True unless the simulation's database was found unusable less than an interval ago, or
+        its Redis master failed and its retry time has not come."""
+        return now >= self.blocked_until and now >= self.retry_at
 
 
 @dataclass
@@ -95,6 +112,7 @@ class Worker:
         self.client: redis.Redis | None = None
         self.reader: StreamReader | None = None
         self.sinks: SinkPool | None = None
+        self.failures: FailureTracker | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,8 +141,12 @@ class Worker:
         try:
             self._tick()
             self._transient_failures = 0
+            if not self.reader.cluster:
+                self.failures.clear_all(REDIS)  # the one server answered a whole tick
         except TransientError as exc:
             self._recover_from(exc)
+        except FAILOVER_ERRORS as exc:  # a cluster error no step translated: the same back-off
+            self._recover_from(RedisUnavailable(f"{type(exc).__name__}: {exc}"))
         if self._parent_pid is not None and os.getppid() != self._parent_pid:
             self.request_stop("supervisor gone")
 
@@ -136,7 +158,9 @@ class Worker:
         if now >= self._next_claim:
             self.reclaim_stale()
         for stream, entries in self.read_batch().items():
-            self.persist_and_ack(self._streams[stream], entries)
+            state = self._streams[stream]
+            with self._stream_guard(state):
+                self.persist_and_ack(state, entries)
         if now >= self._next_retention:
             self.apply_retention()
         if self.settings.drain and now >= self._next_drain_check:
@@ -148,6 +172,8 @@ class Worker:
     def _connect(self) -> None:
         self.client = redis_client(self.settings.redis_url)
         self.reader = StreamReader(self.client, self.settings.group, self.name)
+        self.failures = FailureTracker(self.client, self.keys, self.name, self.metrics)
+        self.failures.publish(force=True)  # a restarted worker withdraws what it reported before
         self.sinks = SinkPool(self.settings.db_url)
 
     def _teardown(self) -> None:
@@ -182,6 +208,8 @@ class Worker:
         log.warning("worker.transient_error consumer=%s error=%s retry_in_s=%.1f", self.name, exc, pause_s)
         for state in self._streams.values():
             state.replay_after = b"0"
+            if not isinstance(exc, DatabaseUnavailable):
+                self.failures.note(state.simulation_id, REDIS, exc)
         if isinstance(exc, GroupMissing):
             # The server lost the group (restarted empty, or the stream was removed when finished):
             # rediscover from the registry and re-create groups from the start of each stream.
@@ -190,6 +218,51 @@ class Worker:
             self._streams.clear()
         self._stop.wait(pause_s)
 
+    # -- streams set aside while their Redis master fails (cluster) ---------------------------
+
+    def _serving(self) -> list[_StreamState]:
+        """The tracked streams, less those set aside (Redis failing, database unusable) for now."""
+        now = time.monotonic()
+        return [state for state in self._streams.values() if state.ready(now)]
+
+    @contextlib.contextmanager
+    def _stream_guard(self, state: _StreamState) -> Iterator[None]:
+        """Run one stream's Redis work. On a cluster, its master failing sets aside this stream
+        only; on one server the failure is every stream's, and the worker backs off as a whole."""
+        try:
+            yield
+        except (RedisUnavailable, GroupMissing) as exc:
+            if not self.reader.cluster:
+                raise
+            self._set_aside(state, exc)
+        else:
+            if state.failures:
+                log.info("worker.stream_back consumer=%s simulation=%s after_failures=%d",
+                         self.name, state.simulation_id, state.failures)
+                state.failures, state.retry_at = 0, 0.0
+                self.failures.clear(state.simulation_id, REDIS)
+
+    def _set_aside(self, state: _StreamState, exc: SimstreamError) -> None:
+        state.failures += 1
+        pause_s = backoff_s(state.failures, first_s=0.1, max_s=_TRANSIENT_PAUSE_MAX_S)
+        state.retry_at = time.monotonic() + pause_s
+        state.replay_after = b"0"  # an ack may have been lost: its own pending entries come first
+        self.stats.retried += 1
+        self.metrics.retried()
+        self.failures.note(state.simulation_id, REDIS, exc)
+        refresh_slots(self.client)
+        log.warning("worker.stream_set_aside consumer=%s simulation=%s error=%s retry_in_s=%.1f",
+                    self.name, state.simulation_id, exc, pause_s)
+        if isinstance(exc, GroupMissing):  # the group was lost with its master: set it up again
+            self._streams.pop(state.stream, None)
+            self._next_discovery = 0.0
+
+    def _read_failed(self, streams: list[str], exc: Exception) -> None:
+        for stream in streams:
+            state = self._streams.get(stream)
+            if state is not None:
+                self._set_aside(state, exc)
+
     # -- the steps -------------------------------------------------------------------------
 
     def discover_streams(self) -> None:
@@ -197,8 +270,11 @@ class Worker:
         self._next_discovery = time.monotonic() + self.settings.discover_interval_ms / 1000
         try:
             registered = simulation_ids(self.client, self.keys)
-        except redis.RedisError as exc:
-            raise TransientError(f"reading the simulation registry: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            if self.reader.cluster:  # the registry's master is down: the known streams go on
+                log.warning("worker.registry_unavailable consumer=%s error=%s", self.name, exc)
+                return
+            raise RedisUnavailable(f"reading the simulation registry: {exc}") from exc
         for simulation_id in registered:
             stream = self.keys.stream(simulation_id)
             if stream not in self._streams:
@@ -206,8 +282,12 @@ class Worker:
                     self.reader.ensure_group(stream)
                     if drop_if_recreated(self.client, self.keys, simulation_id):
                         continue  # removed by another consumer while we looked: nothing to do
-                except redis.RedisError as exc:
-                    raise TransientError(f"setting up {stream}: {exc}") from exc
+                except REDIS_ERRORS + (RedisUnavailable,) as exc:
+                    if self.reader.cluster:  # its master is down: set it up at a later discovery
+                        log.warning("worker.stream_setup_failed consumer=%s simulation=%s error=%s",
+                                    self.name, simulation_id, exc)
+                        continue
+                    raise RedisUnavailable(f"setting up {stream}: {exc}") from exc
                 self._streams[stream] = _StreamState(stream, simulation_id)
                 log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
@@ -217,44 +297,53 @@ class Worker:
 
     def replay_own_pending(self) -> None:
         """Re-process entries this consumer name was given but never acknowledged (id 0 first)."""
-        now = time.monotonic()
-        for state in [state for state in self._streams.values() if state.ready(now)]:
-            while state.replay_after is not None and not self._stop.is_set() and state.ready(time.monotonic()):
-                entries = self.reader.read_own_pending(state.stream, state.replay_after, self.settings.batch_size)
-                if not entries:
-                    state.replay_after = None
-                    break
-                self.persist_and_ack(state, entries, check_deliveries=True)
-                state.replay_after = entries[-1].entry_id
+        for state in self._serving():
+            with self._stream_guard(state):
+                self._replay_stream(state)
+
+    def _replay_stream(self, state: _StreamState) -> None:
+        while state.replay_after is not None and not self._stop.is_set():
+            entries = self.reader.read_own_pending(state.stream, state.replay_after, self.settings.batch_size)
+            if not entries:
+                state.replay_after = None
+                break
+            self.persist_and_ack(state, entries, check_deliveries=True)
+            if not state.ready(time.monotonic()):
+                break  # its database was found unusable: try again later, from the same entry
+            state.replay_after = entries[-1].entry_id
 
     def reclaim_stale(self) -> None:
         """XAUTOCLAIM entries other consumers have held longer than ``claim_idle_ms``."""
-        now = time.monotonic()
-        self._next_claim = now + self.settings.claim_interval_ms / 1000
-        for state in list(self._streams.values()):
-            if state.replay_after is not None or not state.ready(now):
+        self._next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+        for state in self._serving():
+            if state.replay_after is not None:
                 continue
-            claim = self.reader.claim_stale(state.stream, self.settings.claim_idle_ms,
-                                            state.claim_cursor, self.settings.batch_size)
-            state.claim_cursor = b"0-0" if claim.pass_complete else claim.cursor
-            if claim.pass_complete:
-                self.forget_dead_consumers(state.stream)
-            if not claim.pass_complete:
-                self._next_claim = 0.0  # more to look at: continue the pass on the next tick
-            # Redis 7 drops the ids of deleted entries from the pending list as it reports them:
-            # they are kept here until their dead letters are committed, or nothing would remember them.
-            state.gone_ids += claim.gone_ids
-            gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
-                    for entry_id in state.gone_ids]
-            if claim.entries or gone:
-                self.stats.claimed += len(claim.entries)
-                self.metrics.claimed(len(claim.entries))
-                log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
-                         self.name, state.stream, len(claim.entries), len(gone))
-                self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
-                state.gone_ids = []
-            if claim.unnamed_gone:
-                state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
+            with self._stream_guard(state):
+                self._claim_stream(state)
+
+    def _claim_stream(self, state: _StreamState) -> None:
+        """One XAUTOCLAIM step on ``state``'s stream; persist and ack what it claimed."""
+        claim = self.reader.claim_stale(state.stream, self.settings.claim_idle_ms,
+                                        state.claim_cursor, self.settings.batch_size)
+        state.claim_cursor = b"0-0" if claim.pass_complete else claim.cursor
+        if claim.pass_complete:
+            self.forget_dead_consumers(state.stream)
+        if not claim.pass_complete:
+            self._next_claim = 0.0  # more to look at: continue the pass on the next tick
+        # Redis 7 drops the ids of deleted entries from the pending list as it reports them:
+        # they are kept here until their dead letters are committed, or nothing would remember them.
+        state.gone_ids += claim.gone_ids
+        gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
+                for entry_id in state.gone_ids]
+        if claim.entries or gone:
+            self.stats.claimed += len(claim.entries)
+            self.metrics.claimed(len(claim.entries))
+            log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
+                     self.name, state.stream, len(claim.entries), len(gone))
+            self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
+            state.gone_ids = []
+        if claim.unnamed_gone:
+            state.replay_after = b"0"  # Redis 6.2 hid their ids: find them among our pending
 
     def forget_dead_consumers(self, stream: str) -> None:
         """Remove other consumers' names once they hold nothing and have long been idle."""
@@ -263,33 +352,38 @@ class Worker:
             remove_dead_consumers(self.client, stream, self.settings.group, self.name, idle_ms)
         except redis.ResponseError as exc:
             log.debug("worker.consumer_cleanup_skipped consumer=%s error=%s", self.name, exc)  # stream gone
-        except redis.RedisError as exc:
-            raise TransientError(f"removing dead consumers: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"removing dead consumers: {exc}") from exc
 
     def apply_retention(self) -> None:
         """Trim what every group has persisted; remove simulations that are finished."""
         self._next_retention = time.monotonic() + self.settings.trim_interval_ms / 1000
+        for state in self._serving():
+            with self._stream_guard(state):
+                self._retain_stream(state)
+
+    def _retain_stream(self, state: _StreamState) -> None:
         try:
-            for stream, state in list(self._streams.items()):
-                if remove_finished(self.client, self.keys, state.simulation_id):
-                    del self._streams[stream]
-                    self.sinks.release(state.simulation_id)
-                else:
-                    trim_persisted(self.client, stream)
+            if remove_finished(self.client, self.keys, state.simulation_id):
+                del self._streams[state.stream]
+                self.sinks.release(state.simulation_id)
+            else:
+                trim_persisted(self.client, state.stream)
         except redis.ResponseError as exc:
+            if is_failover_error(exc):
+                raise RedisUnavailable(f"trimming {state.stream}: {exc}") from exc
             log.debug("worker.retention_skipped consumer=%s error=%s", self.name, exc)  # stream just removed
-        except redis.RedisError as exc:
-            raise TransientError(f"trimming: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"trimming {state.stream}: {exc}") from exc
 
     def read_batch(self) -> dict[str, list[Entry]]:
         """New entries from every tracked stream, waiting up to ``block_ms`` for some."""
-        now = time.monotonic()
-        ready = [stream for stream, state in self._streams.items()
-                 if state.replay_after is None and state.ready(now)]
+        ready = [state.stream for state in self._serving() if state.replay_after is None]
         if not ready:
             self._stop.wait(min(self.settings.block_ms, 200) / 1000)
             return {}
-        return self.reader.read_new(ready, self.settings.batch_size, self.settings.block_ms)
+        on_failure = self._read_failed if self.reader.cluster else None
+        return self.reader.read_new(ready, self.settings.batch_size, self.settings.block_ms, on_failure)
 
     def persist_and_ack(self, state: _StreamState, entries: list[Entry],
                         dead_letters: list[DeadLetter] | None = None, check_deliveries: bool = False) -> None:
@@ -319,9 +413,14 @@ class Worker:
     def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
         layout = self._layout_of(state)
         retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
-                            wait=jittered_backoff(),
-                            stop=stop_after_delay(_DB_RETRY_S), before_sleep=self._count_retry)
-        result = retrying(lambda: self.sinks.write(state.simulation_id, layout, state.stream, entries, letters))
+                            wait=jittered_backoff(), stop=stop_after_delay(_DB_RETRY_S),
+                            before_sleep=lambda retry_state: self._count_retry(state, retry_state))
+        try:
+            result = retrying(lambda: self.sinks.write(state.simulation_id, layout, state.stream, entries, letters))
+        except DatabaseUnavailable as exc:
+            self.failures.note(state.simulation_id, SINK, exc)
+            raise
+        self.failures.clear(state.simulation_id, SINK)
         if state.blocked_until:
             self._unblock(state)
         return result
@@ -331,8 +430,8 @@ class Worker:
         if state.layout is None:
             try:
                 meta = self.client.hgetall(self.keys.meta(state.simulation_id))
-            except redis.RedisError as exc:
-                raise TransientError(f"reading the layout of {state.simulation_id}: {exc}") from exc
+            except REDIS_ERRORS as exc:
+                raise RedisUnavailable(f"reading the layout of {state.simulation_id}: {exc}") from exc
             fields = text_dict(meta)
             if fields.get(LAYOUT_FIELD) is not None:
                 state.layout = fields[LAYOUT_FIELD]
@@ -351,21 +450,23 @@ class Worker:
                   self.name, state.simulation_id, _UNUSABLE_RETRY_S, problem)
         try:
             self.client.hset(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD, str(problem))
-        except redis.RedisError as exc:
-            raise TransientError(f"publishing why {state.simulation_id} waits: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"publishing why {state.simulation_id} waits: {exc}") from exc
 
     def _unblock(self, state: _StreamState) -> None:
         state.blocked_until = 0.0
         log.info("worker.simulation_unblocked consumer=%s simulation=%s", self.name, state.simulation_id)
         try:
             self.client.hdel(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD)
-        except redis.RedisError as exc:
-            raise TransientError(f"clearing {state.simulation_id}'s problem: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"clearing {state.simulation_id}'s problem: {exc}") from exc
 
-    def _count_retry(self, retry_state) -> None:
+    def _count_retry(self, state: _StreamState, retry_state) -> None:
+        error = retry_state.outcome.exception()
         self.stats.retried += 1
         self.metrics.retried()
-        log.warning("worker.db_retry consumer=%s error=%s", self.name, retry_state.outcome.exception())
+        self.failures.note(state.simulation_id, SINK, error)
+        log.warning("worker.db_retry consumer=%s simulation=%s error=%s", self.name, state.simulation_id, error)
 
     def _split_overdelivered(self, stream: str, entries: list[Entry]) -> tuple[list[Entry], list[DeadLetter]]:
         """Entries Redis has delivered more than ``max_deliveries`` times become dead letters."""
@@ -389,8 +490,10 @@ class Worker:
             registered = simulation_ids(self.client, self.keys)
             return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False)
                        .settled(abandoned_after_ms) for sim in registered)
-        except redis.RedisError as exc:
-            raise TransientError(f"checking whether all simulations are persisted: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            if self.reader.cluster:
+                return False  # a master is failing over: not drained yet, and the other streams go on
+            raise RedisUnavailable(f"checking whether all simulations are persisted: {exc}") from exc
 
 
 def run_worker(settings: ConsumerSettings, slot: int, parent_pid: int | None = None,

@@ -36,6 +36,7 @@ from common import faults
 from common.codec import ENTRY_FIELD, make_encoder
 from common.connections import redis_client
 from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
+from common.failover import REDIS_ERRORS, confirm_replicas, is_failover_error, refresh_slots, slot_client
 from common.journal import Journal, journal_path, journals_for, replay_journal
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 # returns the id of the last entry added, which ``wait_persisted`` waits for.
 XADD_BATCH_SCRIPT = ("local id for i = 2, #ARGV do id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end "
                      + NOW_MS_LUA + f"redis.call('HSET', KEYS[2], '{HEARTBEAT_FIELD}', now) return id")
+
+_REGISTER_EVERY_S = 5.0
+"""How often a running producer re-adds its simulation to the registry (a set on another master:
+a registration lost in a failover comes back, and a registry that is down holds up no batch)."""
 
 _MAX_RESTARTS = 3
 """Deaths in a row, without a batch handed off in between, after which the thread is not restarted."""
@@ -129,6 +134,7 @@ class BatchSender:
         self._spill_now = False
         self._encode = make_encoder()
         self._client: redis.Redis | None = None
+        self._register_due = 0.0
 
     # -- the thread's life -----------------------------------------------------------------
 
@@ -304,17 +310,20 @@ class BatchSender:
                 pass
 
     def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
-        pipe = self._redis().pipeline(transaction=False)
+        # Every command here has the simulation's hash tag: on a cluster they go, on one connection,
+        # to the master owning its slot (so WAIT, if asked for, confirms exactly these writes).
+        client = self._redis()
+        pipe = slot_client(client, self.stream_key).pipeline(transaction=False)
         pipe.execute_command("EVAL", XADD_BATCH_SCRIPT, 2, self.stream_key, self.meta_key, ENTRY_FIELD, *payloads)
         for command in extras:
             pipe.execute_command(*command)
-        pipe.sadd(self.keys.registry, self.simulation_id)
         # The layout first: consumers take sequence numbers without a layout for an older producer.
         pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, f"seq:{self.producer_id}": last_seq})
         pipe.xlen(self.stream_key)
-        replies = pipe.execute()
+        replies = confirm_replicas(pipe, self.settings.replica_acks, self.settings.replica_wait_ms)
         self._note_added(replies[0])
         self._observe_backlog(replies[-1])
+        self._register(client)
 
     def _note_added(self, entry_id: bytes | str | None) -> None:
         """Remember the newest entry this sender added (and that the heartbeat was just refreshed)."""
@@ -341,15 +350,34 @@ class BatchSender:
         self._last_heartbeat = now
         try:
             self._redis().execute_command(*touch_command(self.meta_key))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.debug("producer.heartbeat_failed simulation=%s error=%s", self.simulation_id, exc)
 
     def _send_completion(self) -> None:
-        pipe = self._redis().pipeline(transaction=False)
-        pipe.sadd(self.keys.registry, self.simulation_id)
+        client = self._redis()
+        self._register(client, force=True)
+        pipe = slot_client(client, self.stream_key).pipeline(transaction=False)
         pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, "complete": 1,
                                           "completed_at": time.time(), f"seq:{self.producer_id}": self.handed_off_seq})
-        pipe.execute()
+        confirm_replicas(pipe, self.settings.replica_acks, self.settings.replica_wait_ms)
+
+    def _register(self, client: redis.Redis, force: bool = False) -> None:
+        """Add the simulation to the registry: at the first batch, then every ``_REGISTER_EVERY_S``.
+
+        The registry may live on another master than the stream: a batch already in the stream
+        still counts as sent if this fails (it is tried again a second later); ``force`` raises.
+        """
+        now = time.monotonic()
+        if not force and now < self._register_due:
+            return
+        try:
+            client.sadd(self.keys.registry, self.simulation_id)
+            self._register_due = now + _REGISTER_EVERY_S
+        except REDIS_ERRORS as exc:
+            if force:
+                raise
+            self._register_due = now + 1.0
+            log.warning("producer.register_failed simulation=%s error=%s", self.simulation_id, exc)
 
     def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:
         """Run ``action`` until Redis takes it; False after ``spill_after_s`` (or on spill_now).
@@ -363,12 +391,12 @@ class BatchSender:
             return self._spill_now or (deadline is not None and time.monotonic() >= deadline)
 
         try:
-            for attempt in Retrying(retry=retry_if_exception_type(redis.RedisError), wait=jittered_backoff(),
+            for attempt in Retrying(retry=retry_if_exception_type(REDIS_ERRORS), wait=jittered_backoff(),
                                     stop=give_up, reraise=True, before_sleep=self._note_failure):
                 with attempt:
                     action(*args)
             return True
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._note_error(exc)
             return False
 
@@ -376,6 +404,8 @@ class BatchSender:
         self._note_error(retry_state.outcome.exception())
 
     def _note_error(self, exc: BaseException) -> None:
+        if is_failover_error(exc) and self._client is not None:
+            refresh_slots(self._client)  # a failover: the next try goes to the slot's new owner
         self.stats.failed_attempts += 1
         if self.stats.last_error is None or self.stats.failed_attempts % 50 == 1:
             log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
@@ -392,6 +422,9 @@ class BatchSender:
                 self.throttle = True
         elif backlog < self.settings.low_water_records:
             self.throttle = False
+
+    def _replica_wait(self) -> dict[str, int]:
+        return {"replica_acks": self.settings.replica_acks, "replica_wait_ms": self.settings.replica_wait_ms}
 
     # -- the journal -----------------------------------------------------------------------
 
@@ -416,20 +449,21 @@ class BatchSender:
             while self._left_journals:
                 # An earlier producer's completion marker is not ours to apply: this one still runs.
                 result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size,
-                                        mark_complete=False)
+                                        mark_complete=False, **self._replica_wait())
                 self._note_added(result.last_entry_id)
                 self._left_journals.pop(0)
                 self.stats.replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
             if self.journal.exists():
-                result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size)
+                result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size,
+                                        **self._replica_wait())
                 self._note_added(result.last_entry_id)
                 self.stats.replayed += result.records
                 self.stats.sent += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self._note_error(exc)
             return
         with self.progress:

@@ -23,6 +23,7 @@ import redis
 
 from common.connections import redis_client
 from common.errors import ConfigurationError, GroupMissing, PersistTimeout, SenderFailed
+from common.failover import REDIS_ERRORS, check_replicas
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
 from common.settings import ProducerSettings
@@ -95,6 +96,8 @@ class StreamProducer:
         self.settings = settings or ProducerSettings.from_env(redis_url=redis_url, **setting_overrides)
         self.producer_id = secrets.token_hex(8)
         self.keys = Keys(self.settings.namespace)
+        if self.settings.replica_acks:
+            self._check_replicas()
         self._buffer: deque[BufferedRecord] = deque()
         self._next_seq = itertools.count(1).__next__
         self._last_seq = 0
@@ -111,6 +114,24 @@ class StreamProducer:
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
                  experiment_id=experiment_id, parameters=parameters, layout=self.settings.layout)
+
+    def _check_replicas(self) -> None:
+        """With ``replica_acks``: ConfigurationError now if the stream's master has too few replicas.
+
+        If Redis does not answer yet, nothing is lost by starting: no batch counts as sent until
+        WAIT confirms it, so without replicas every record ends in the journal.
+        """
+        try:
+            client = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
+        except REDIS_ERRORS as exc:
+            log.warning("producer.replicas_unchecked simulation=%s error=%s", self.simulation_id, exc)
+            return
+        try:
+            check_replicas(client, self.keys.stream(self.simulation_id), self.settings.replica_acks)
+        except REDIS_ERRORS as exc:
+            log.warning("producer.replicas_unchecked simulation=%s error=%s", self.simulation_id, exc)
+        finally:
+            client.close()
 
     def log(self, kind: str, /, **fields: Any) -> None:
         """Queue one record of ``kind`` for the stream; returns in microseconds.
