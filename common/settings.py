@@ -246,6 +246,8 @@ class ConsumerSettings:
     from for this long (its heartbeat, else its newest entry) is abandoned.
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
     The repr masks the URLs' passwords.
+    ``failing_after_ms``: for the metrics endpoint's health gauge, how long consumers retry a
+    simulation's database or Redis before it is ``sink-failing`` / ``redis-failing``.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -263,6 +265,7 @@ class ConsumerSettings:
     drain: bool = False
     abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
     wait_for_simulation_s: float = DEFAULT_WAIT_FOR_SIMULATION_S
+    failing_after_ms: int = 10_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
@@ -274,6 +277,8 @@ class ConsumerSettings:
             raise ConfigurationError(f"wait_for_simulation_s must be >= 0, got {self.wait_for_simulation_s!r}")
         if self.claim_idle_ms < 0:
             raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
+        if self.failing_after_ms < 0:
+            raise ConfigurationError(f"failing_after_ms must be >= 0, got {self.failing_after_ms!r}")
 
     def __repr__(self) -> str:
         return _masked_repr(self)

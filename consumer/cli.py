@@ -103,10 +103,13 @@ def cli() -> None:
               help="Serve Prometheus metrics on this port (env SIMSTREAM_METRICS_PORT).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="SIMSTREAM_METRICS_HOST",
               help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
+@click.option("--failing-after-ms", type=click.IntRange(0), default=None,
+              help="For the metrics health gauge: retrying a database or Redis this long is "
+                   "'sink-failing' / 'redis-failing' (default 10000).")
 @_log_options
 def consume(processes, redis_url, redis_ca_certs, db, namespace, group, batch_size, block_ms, claim_idle_ms,
             claim_interval_ms, max_deliveries, drain, wait_for_simulation_s, abandoned_after_s, progress,
-            metrics_port, metrics_host, log_level, log_json) -> None:
+            metrics_port, metrics_host, failing_after_ms, log_level, log_json) -> None:
     """Run consumer processes that persist every simulation stream to SQL."""
     from consumer.supervisor import Supervisor
 
@@ -115,7 +118,8 @@ def consume(processes, redis_url, redis_ca_certs, db, namespace, group, batch_si
         redis_url=redis_url, redis_ca_certs=redis_ca_certs, db_url=normalize_db_url(db) if db else None,
         namespace=namespace, group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
         claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain,
-        wait_for_simulation_s=wait_for_simulation_s, abandoned_after_s=abandoned_after_s)
+        wait_for_simulation_s=wait_for_simulation_s, abandoned_after_s=abandoned_after_s,
+        failing_after_ms=failing_after_ms)
     preflight(settings)
     supervisor = Supervisor(settings, processes, log_level, log_json, metrics_port=metrics_port,
                             metrics_host=metrics_host, progress=progress)
@@ -152,11 +156,14 @@ def preflight(settings: ConsumerSettings) -> None:
               help="The consumers' --claim-idle-ms: a pending entry idle this long plus "
                    "--stuck-after-ms and not claimed is 'stuck'.")
 @abandoned_option(DEFAULT_ABANDONED_AFTER_S)
+@click.option("--failing-after-ms", type=click.IntRange(0), default=10_000, show_default=True,
+              help="Consumers retrying a simulation's database or Redis this long make it "
+                   "'sink-failing' or 'redis-failing'.")
 def status(redis_url, redis_ca_certs, namespace, group, db, as_json, watch_s, lag_threshold, stuck_after_ms,
-           claim_idle_ms, abandoned_after_s) -> None:
+           claim_idle_ms, abandoned_after_s, failing_after_ms) -> None:
     """Show every simulation stream: state (running, complete, drained, abandoned, removed), length,
-    persisted, lag, pending, consumers, dead letters, and a health verdict: ok, lagging, stuck or
-    dead-letters (see the README).
+    persisted, lag, pending, consumers, dead letters, and a health verdict: ok, lagging, stuck,
+    dead-letters, sink-unusable, sink-failing or redis-failing (see the README).
     """
     from consumer.health import HealthThresholds
     from consumer.status_view import print_report, status_report, watch
@@ -165,7 +172,8 @@ def status(redis_url, redis_ca_certs, namespace, group, db, as_json, watch_s, la
                                          group=group)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
-    thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms, abandoned_after_s)
+    thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms, abandoned_after_s,
+                                  failing_after_ms=failing_after_ms)
     db_url = normalize_db_url(db) if db else None
 
     def build() -> dict:

@@ -8,6 +8,13 @@ within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen
 ``sink-unusable``
     a worker found the simulation's database unable to take its rows (a table of another shape,
     a layout the database cannot hold); the reason is shown, and the entries wait in Redis.
+``redis-failing``
+    ``status`` could not read the stream (its master is down, failing over), or a consumer has
+    been retrying Redis for the stream longer than ``failing_after_ms``; the last error is shown.
+``sink-failing``
+    a consumer has been retrying the database for the simulation longer than ``failing_after_ms``
+    (it refuses writes, is read-only, full, unreachable); the last error is shown, nothing is
+    acknowledged meanwhile. These two explain a ``stuck`` or growing backlog, so they rank above.
 ``stuck``
     backlog > 0, and either no consumer is active, or the oldest pending entry has been idle
     longer than ``claim_idle_ms + stuck_after_ms`` (it became claimable and nobody claimed it).
@@ -18,7 +25,9 @@ within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen
 ``ok``
     none of the above.
 
-The verdict reads one snapshot; the trend of the backlog shows in ``status --watch``.
+Consumers publish what they retry in Redis (:mod:`consumer.failures`); a report not re-confirmed
+within ``stuck_after_ms`` is stale (its consumer is gone) and ignored. The verdict reads one
+snapshot; the trend of the backlog shows in ``status --watch``.
 Whether a simulation is ``abandoned`` (its producer stopped without completing it) is its state,
 not a health verdict: ``abandoned_after_s`` is where it begins (:meth:`StreamStatus.abandoned`).
 Dead letters live in SQL: without a reachable database their count is unknown (None) and the
@@ -28,6 +37,7 @@ verdict cannot be ``dead-letters``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,24 +47,28 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common import schema
 from common.settings import DEFAULT_ABANDONED_AFTER_S, SIMULATION_ID_PLACEHOLDER, is_per_simulation
+from consumer.failures import REDIS, SINK, Failure
 from consumer.inspect import StreamStatus
 
 log = logging.getLogger(__name__)
 
 OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE = "ok", "lagging", "stuck", "dead-letters", "sink-unusable"
-VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE)
+SINK_FAILING, REDIS_FAILING = "sink-failing", "redis-failing"
+VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE, SINK_FAILING, REDIS_FAILING)
 
 _DB_CONNECT_TIMEOUT_S = 3
 
 
 @dataclass(frozen=True)
 class HealthThresholds:
-    """Where ``lagging`` and ``stuck`` begin (see the module docstring), and the state ``abandoned``."""
+    """Where ``lagging``, ``stuck`` and ``*-failing`` begin (see the module docstring), and the
+    state ``abandoned``."""
 
     lag_threshold: int = 10_000
     stuck_after_ms: int = 30_000
     claim_idle_ms: int = 60_000
     abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
+    failing_after_ms: int = 10_000
 
 
 def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list[dict]:
@@ -62,11 +76,27 @@ def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list
     return [c for c in status.consumers if c["idle_ms"] <= thresholds.stuck_after_ms]
 
 
-def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthThresholds) -> str:
-    """The one-word health of ``status``: sink-unusable, stuck, dead-letters, lagging or ok (in that
-    precedence)."""
+def current_failure(reports: list[Failure] | None, thresholds: HealthThresholds,
+                    now: float | None = None) -> Failure | None:
+    """Among consumers' reports for one simulation, the one that names its verdict: re-confirmed
+    within ``stuck_after_ms``, failing longer than ``failing_after_ms``; Redis before the sink,
+    then the longest-lasting. None if there is none."""
+    now = time.time() if now is None else now
+    live = [f for f in reports or () if (now - f.seen) * 1000 <= thresholds.stuck_after_ms
+            and (now - f.since) * 1000 >= thresholds.failing_after_ms]
+    return min(live, key=lambda f: (f.what != REDIS, f.since), default=None)
+
+
+def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthThresholds,
+            failure: Failure | None = None) -> str:
+    """The one-word health of ``status``: sink-unusable, redis-failing, sink-failing, stuck,
+    dead-letters, lagging or ok (in that precedence). ``failure``: see :func:`current_failure`."""
     if status.sink_problem:
         return SINK_UNUSABLE
+    if status.redis_error or (failure is not None and failure.what == REDIS):
+        return REDIS_FAILING
+    if failure is not None and failure.what == SINK:
+        return SINK_FAILING
     if status.backlog > 0 and _stuck(status, thresholds):
         return STUCK
     if dead_letters:

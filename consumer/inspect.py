@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from common.failover import REDIS_ERRORS
 from common.heartbeat import producer_idle_ms, server_time_ms
 from common.keys import Keys
 
@@ -59,6 +60,7 @@ class StreamStatus:
     oldest_pending_age_ms: int | None = None
     producer_idle_ms: int | None = None
     sink_problem: str | None = None
+    redis_error: str | None = None  # Redis did not answer for this stream (its master is down)
 
     @property
     def backlog(self) -> int:
@@ -180,5 +182,15 @@ def _lag(client: redis.Redis, status: StreamStatus, reported: Any, count_cap: in
 
 
 def all_statuses(client: redis.Redis, keys: Keys, group: str) -> list[StreamStatus]:
-    """The status of every registered simulation's stream."""
-    return [stream_status(client, keys, group, sim) for sim in simulation_ids(client, keys)]
+    """The status of every registered simulation's stream.
+
+    Raises if the registry cannot be read; a stream Redis does not answer for (on a cluster, its
+    master is down) is listed with ``redis_error`` set, and the others are still read.
+    """
+    statuses = []
+    for sim in simulation_ids(client, keys):
+        try:
+            statuses.append(stream_status(client, keys, group, sim))
+        except REDIS_ERRORS as exc:
+            statuses.append(StreamStatus(sim, keys.stream(sim), redis_error=f"{type(exc).__name__}: {exc}"))
+    return statuses

@@ -24,7 +24,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from common.errors import ConfigurationError
 from common.keys import Keys
 from common.settings import ConsumerSettings
-from consumer.health import VERDICTS, HealthThresholds, dead_letter_counts, verdict
+from consumer.failures import Failure, read_failures
+from consumer.health import VERDICTS, HealthThresholds, current_failure, dead_letter_counts, verdict
 from consumer.inspect import StreamStatus, all_statuses
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class RedisStateCollector(Collector):
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.namespace)
-        self.thresholds = HealthThresholds(claim_idle_ms=settings.claim_idle_ms)
+        self.thresholds = HealthThresholds(claim_idle_ms=settings.claim_idle_ms,
+                                           failing_after_ms=settings.failing_after_ms)
         self.restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
@@ -57,9 +59,11 @@ class RedisStateCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from self._stream_metrics(statuses, dead_letter_counts(self.settings.db_url))
+        yield from self._stream_metrics(statuses, dead_letter_counts(self.settings.db_url),
+                                        read_failures(self.client, self.keys) or {})
 
-    def _stream_metrics(self, statuses: list[StreamStatus], letters: dict[str, int] | None) -> Iterator[Metric]:
+    def _stream_metrics(self, statuses: list[StreamStatus], letters: dict[str, int] | None,
+                        failures: dict[str, list[Failure]]) -> Iterator[Metric]:
         per_stream = {name: GaugeMetricFamily(f"simstream_stream_{name}", text, labels=["simulation"])
                       for name, text in (("length", "Entries in the stream."),
                                          ("lag", "Entries not yet delivered to the group."),
@@ -76,7 +80,8 @@ class RedisStateCollector(Collector):
             for name, value in (("length", status.length), ("lag", status.lag), ("pending", status.pending),
                                 ("backlog", status.backlog)):
                 per_stream[name].add_metric([sim], value)
-            current = verdict(status, None if letters is None else letters.get(sim, 0), self.thresholds)
+            current = verdict(status, None if letters is None else letters.get(sim, 0), self.thresholds,
+                              current_failure(failures.get(sim), self.thresholds))
             for name in VERDICTS:
                 health.add_metric([sim, name], 1 if name == current else 0)
             for consumer in status.consumers:

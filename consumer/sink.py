@@ -82,8 +82,18 @@ def _retractions_applied(agents: Table, retracted: Table):
                                          .where(retracted.c.simulation_id == bindparam("simulation_id")))))
 
 
+_REFUSED_STATES = ("08", "25006", "40", "42501", "53", "55P03", "57", "58")
+"""PostgreSQL SQLSTATEs (classes and codes) that refuse a transaction whatever its rows hold: the
+connection failed, the transaction is read-only, rights were revoked, the disk or memory is full,
+a lock or a deadlock, an operator shut the server down. The batch waits and is retried; no row is
+to blame, so none is isolated or dead-lettered for it."""
+
+
 def _is_transient(exc: SQLAlchemyError) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate and sqlstate.startswith(_REFUSED_STATES):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 

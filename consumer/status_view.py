@@ -21,13 +21,14 @@ from rich.table import Table
 from rich.text import Text
 
 from common.keys import Keys
-from consumer.health import HealthThresholds, dead_letter_counts, verdict
+from consumer.failures import Failure, read_failures
+from consumer.health import HealthThresholds, current_failure, dead_letter_counts, verdict
 from consumer.inspect import StreamStatus, all_statuses
 
 _PLAIN_WIDTH = 200  # not a terminal (a file, a pipe): room for every column rather than 80
 _STATE_STYLE = {"abandoned": "yellow"}
 _HEALTH_STYLE = {"ok": "green", "lagging": "yellow", "stuck": "bold red", "dead-letters": "red",
-                 "sink-unusable": "bold red"}
+                 "sink-unusable": "bold red", "sink-failing": "bold red", "redis-failing": "bold red"}
 
 
 def _state(status: StreamStatus, thresholds: HealthThresholds) -> str:
@@ -44,6 +45,8 @@ def status_report(client: redis.Redis, keys: Keys, group: str, db_url: str | Non
     removed from Redis (finished) that still have dead letters in the sink.
     """
     statuses = all_statuses(client, keys, group)
+    failures = read_failures(client, keys) or {}
+    now = time.time()
     letters = dead_letter_counts(db_url)
     known = {status.simulation_id for status in statuses}
     for simulation_id in sorted(set(letters or {}) - known, key=str):
@@ -52,11 +55,28 @@ def status_report(client: redis.Redis, keys: Keys, group: str, db_url: str | Non
     streams = []
     for status in statuses:
         count = None if letters is None else letters.get(status.simulation_id, 0)
+        reports = failures.get(status.simulation_id, [])
+        failure = current_failure(reports, thresholds, now)
         streams.append({**status.as_dict(), "state": _state(status, thresholds),
                         "abandoned": status.abandoned(thresholds.abandoned_after_s * 1000), "dead_letters": count,
-                        "health": verdict(status, count, thresholds)})
+                        "health": verdict(status, count, thresholds, failure),
+                        "failing": _failing(status, failure, reports, now)})
     return {"group": group, "dead_letters_known": letters is not None,
             "thresholds": asdict(thresholds), "streams": streams}
+
+
+def _failing(status: StreamStatus, failure: Failure | None, reports: list[Failure],
+             now: float) -> dict[str, Any] | None:
+    """What a ``*-failing`` verdict rests on: what fails, for how long, which consumers, the last error."""
+    if status.redis_error and (failure is None or failure.what != "redis"):
+        return {"what": "redis", "since": None, "for_ms": None, "consumers": ["status"],
+                "error": status.redis_error}
+    if failure is None:
+        return None
+    same = [f for f in reports if f.what == failure.what]
+    latest = max(same, key=lambda f: f.seen)
+    return {"what": failure.what, "since": failure.since, "for_ms": int((now - failure.since) * 1000),
+            "consumers": sorted({f.consumer for f in same}), "error": latest.error}
 
 
 def _duration(ms: int | None) -> str:
@@ -93,9 +113,17 @@ def render_report(report: dict[str, Any]) -> RenderableType:
                       str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
                       _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
     notes = [Text(f"{s['simulation_id']}: {s['sink_problem']}") for s in report["streams"] if s.get("sink_problem")]
+    notes += [_failing_note(s) for s in report["streams"] if s.get("failing") and s["health"].endswith("-failing")]
     if not report["dead_letters_known"]:
         notes.append(Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
     return Group(table, *notes) if notes else table
+
+
+def _failing_note(stream: dict[str, Any]) -> Text:
+    failing = stream["failing"]
+    lasting = f" for {_duration(failing['for_ms'])}" if failing["for_ms"] is not None else ""
+    return Text(f"{stream['simulation_id']}: {stream['health']}{lasting} ({', '.join(failing['consumers'])}): "
+                f"{failing['error']}", style=_HEALTH_STYLE[stream["health"]])
 
 
 def make_console() -> Console:

@@ -59,6 +59,12 @@ class PostgresSchema:
             {"options": f"-csearch_path={self.name}", "application_name": self.name}
         ).render_as_string(hide_password=False)
 
+    def admin(self, *statements: str) -> None:
+        """Run ``statements`` as the server's administrative user, in one transaction."""
+        with self._admin.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+
     def terminate_connections(self) -> int:
         """Cut every server connection opened through ``url`` (as a crash or failover would)."""
         with self._admin.begin() as connection:

@@ -10,6 +10,8 @@ from redis.cluster import RedisCluster
 
 from common.connections import redis_client
 from common.keys import Keys
+from consumer.health import HealthThresholds
+from consumer.status_view import status_report
 from consumer.stream_reader import StreamReader
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
@@ -88,3 +90,29 @@ def test_raw_replies_on_a_cluster_surface_entries_trimmed_before_they_were_persi
         assert [e.entry_id for e in entries if e.payload is None] == [deleted[stream]]
     assert len(claim.entries) == 2 and all(e.payload == b"payload" for e in claim.entries)
     assert claim.gone_ids == [deleted[streams[0]]] or claim.unnamed_gone  # Redis 7 names it, 6.2 cannot
+
+
+def test_status_shows_a_stream_whose_master_is_down_as_redis_failing_and_reads_the_others(redis_cluster, namespace):
+    # Given: a simulation on each master, the registry on one of them
+    cluster, keys = redis_cluster.client(), Keys(namespace)
+    simulations = simulations_on_every_node(cluster, keys, "down")[::2]
+    for sim in simulations:
+        logger = RedisBufferedDataLogger(sim, redis_cluster.url, namespace=namespace)
+        logger.log_agent("a1", 0, "system", (0.0, 0.0), 1.0, 1.0)
+        assert logger.close().all_in_redis
+    registry_port = cluster.get_node_from_key(keys.registry).port
+    [doomed] = [sim for sim in simulations if cluster.get_node_from_key(keys.stream(sim)).port != registry_port][:1]
+    doomed_port = cluster.get_node_from_key(keys.stream(doomed)).port
+    survivor = next(node for node in redis_cluster.nodes if node.port != doomed_port)
+
+    # When: the master holding one simulation is SIGKILLed, and status asks a surviving node
+    next(node for node in redis_cluster.nodes if node.port == doomed_port).kill()
+    report = status_report(redis_client(survivor.url), keys, "simstream", None, HealthThresholds())
+
+    # Then: that stream is redis-failing with the error status met; the others are read as usual
+    streams = {s["simulation_id"]: s for s in report["streams"]}
+    assert set(streams) == set(simulations)
+    assert streams[doomed]["health"] == "redis-failing"
+    assert streams[doomed]["failing"]["what"] == "redis" and "ConnectionError" in streams[doomed]["failing"]["error"]
+    for sim in set(simulations) - {doomed}:
+        assert streams[sim]["exists"] and streams[sim]["complete"] and streams[sim]["health"] != "redis-failing"

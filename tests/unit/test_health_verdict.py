@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.health import HealthThresholds, dead_letter_counts, verdict
+from consumer.failures import Failure
+from consumer.health import HealthThresholds, current_failure, dead_letter_counts, verdict
 from consumer.inspect import StreamStatus
 
 THRESHOLDS = HealthThresholds(lag_threshold=100, stuck_after_ms=1_000, claim_idle_ms=5_000)
@@ -45,3 +46,35 @@ def test_dead_letters_are_unknown_without_a_database_and_it_is_never_created(tmp
     assert dead_letter_counts(f"sqlite:///{tmp_path / 'absent.db'}") is None
     assert not (tmp_path / "absent.db").exists()
     assert dead_letter_counts("postgresql+psycopg://nobody@127.0.0.1:1/none") is None
+
+
+NOW = 1_000_000.0
+FAILING = HealthThresholds(lag_threshold=100, stuck_after_ms=1_000, claim_idle_ms=5_000, failing_after_ms=500)
+
+
+def report(what: str, since_s_ago: float, seen_s_ago: float = 0.1, consumer: str = "c0") -> Failure:
+    return Failure(what, NOW - since_s_ago, NOW - seen_s_ago, f"{what} refused", consumer)
+
+
+@pytest.mark.parametrize("reports, expected", [
+    ([], None),
+    ([report("sink", 0.4)], None),                                 # retrying, but not for long yet
+    ([report("sink", 0.6)], "sink"),
+    ([report("sink", 5.0, seen_s_ago=1.1)], None),                 # stale: its consumer stopped reporting
+    ([report("sink", 9.0), report("redis", 0.6, consumer="c1")], "redis"),  # Redis before the sink
+])
+def test_a_failure_counts_once_it_lasted_past_the_threshold_and_is_still_confirmed(reports, expected):
+    found = current_failure(reports, FAILING, now=NOW)
+    assert (found.what if found else None) == expected
+
+
+@pytest.mark.parametrize("status, letters, failure, expected", [
+    (snapshot(lag=1, idle_ms=()), 2, report("sink", 1), "sink-failing"),       # outranks stuck and dead letters
+    (snapshot(lag=1, idle_ms=()), 0, report("redis", 1), "redis-failing"),
+    (StreamStatus("sim", "s", redis_error="ConnectionError: refused"), 0, None, "redis-failing"),  # status's own read
+    (StreamStatus("sim", "s", exists=True, group_exists=True, sink_problem="table of another shape"), 0,
+     report("sink", 1), "sink-unusable"),
+    (snapshot(), 0, None, "ok"),
+])
+def test_failing_verdicts_rank_above_stuck_which_they_explain(status, letters, failure, expected):
+    assert verdict(status, letters, FAILING, failure) == expected
