@@ -42,6 +42,9 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterE
 answers, a slot not covered) outside the RedisError tree."""
 
 
+_PROBE_TTL_MS = 60_000
+
+
 class ReplicaAckMissing(redis.RedisError):
     """``WAIT`` returned before enough replicas confirmed a write: it does not count as sent."""
 
@@ -91,9 +94,28 @@ def confirm_replicas(pipe: redis.client.Pipeline, wanted: int, wait_ms: int) -> 
     return replies
 
 
+def connected_replicas(client: redis.Redis | RedisCluster, key: str) -> int:
+    """How many replicas the master owning ``key`` has connected now."""
+    return int(slot_client(client, key).info("replication").get("connected_slaves", 0))
+
+
+def require_replicas(client: redis.Redis | RedisCluster, probe_key: str, wanted: int, wait_ms: int) -> None:
+    """ReplicaAckMissing (retried later) unless ``wanted`` replicas confirm a tiny write now.
+
+    Sent before a journal is replayed, so that the whole journal is not re-sent to a master whose
+    replicas cannot confirm it (a replica that died may still count as connected for a while).
+    ``probe_key`` (in the stream's slot) expires by itself.
+    """
+    if wanted <= 0:
+        return
+    pipe = slot_client(client, probe_key).pipeline(transaction=False)
+    pipe.set(probe_key, b"1", px=_PROBE_TTL_MS)
+    confirm_replicas(pipe, wanted, wait_ms)
+
+
 def check_replicas(client: redis.Redis | RedisCluster, key: str, wanted: int) -> None:
     """ConfigurationError if the master owning ``key`` has fewer than ``wanted`` replicas connected."""
-    connected = int(slot_client(client, key).info("replication").get("connected_slaves", 0))
+    connected = connected_replicas(client, key)
     if connected < wanted:
         raise ConfigurationError(
             f"replica_acks={wanted}, but the Redis master holding {key!r} has {connected} connected "

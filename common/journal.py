@@ -36,8 +36,8 @@ import redis
 
 from common import faults
 from common.codec import ENTRY_FIELD
+from common.failover import confirm_replicas, require_replicas, slot_client
 from common.heartbeat import touch_command
-from common.failover import confirm_replicas, slot_client
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
 
@@ -192,6 +192,7 @@ def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[by
     numbers (and completion); each batch refreshes the heartbeat. The stream's commands go to the
     master owning its slot. Returns the id of the last entry added (None if none)."""
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
+    require_replicas(client, keys.replica_probe(simulation_id), *replicas)
     client.sadd(keys.registry, simulation_id)
     last_seq: dict[str, int] = {}
     last_entry_id = None

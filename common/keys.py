@@ -52,6 +52,10 @@ class Keys:
         """Hash with the simulation's lifecycle: producers' last sequence numbers, completion, heartbeat."""
         return f"{self.namespace}:{{{simulation_id}}}:meta"
 
+    def replica_probe(self, simulation_id: str) -> str:
+        """A short-lived key in the simulation's slot, written to ask whether replicas confirm writes."""
+        return f"{self.namespace}:{{{simulation_id}}}:probe"
+
     def simulation_of(self, stream_key: str | bytes) -> str:
         """The simulation id inside a stream key built by :meth:`stream`."""
         if isinstance(stream_key, bytes):
