@@ -22,6 +22,7 @@ from common.connections import (check_redis, check_sink_template, create_sink_en
                                 simulation_db_url)
 from common.embedded_redis import EmbeddedRedis
 from common.errors import ConfigurationError, ExitCode, SimstreamError
+from common.failover import REDIS_ERRORS
 from common.keys import Keys
 from common.masking import mask_secrets
 from common.settings import (DEFAULT_ABANDONED_AFTER_S, DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_ABANDONED_AFTER_S,
@@ -347,7 +348,7 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except SimstreamError as exc:
         _fail(one_line(exc), exc.exit_code)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:  # RedisError, and the cluster client's own errors
         _fail(f"Redis failed: {one_line(exc)}; check --redis-url and that the server is up", ExitCode.COULD_NOT_CONNECT)
     except SQLAlchemyError as exc:
         _fail(f"database failed: {one_line(getattr(exc, 'orig', None) or exc)}; check --db", ExitCode.COULD_NOT_CONNECT)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SINK, REDIS = "sink", "redis"
 _PUBLISH_EVERY_S = 1.0
+_UNPUBLISHED_PAUSE_S = 5.0
 _KEY_TTL_S = 86_400  # reports of consumers that vanished while failing do not linger forever
 _ERROR_CHARS = 500
 
@@ -59,6 +60,8 @@ class FailureTracker:
         self.metrics = metrics
         self._failing: dict[tuple[str, str], Failure] = {}
         self._published_at = 0.0
+        self._paused_until = 0.0
+        self._dirty = True  # a restarted worker withdraws what it reported before
         self._accounted_at = time.monotonic()
 
     def note(self, simulation_id: str, what: str, exc: BaseException) -> None:
@@ -67,6 +70,7 @@ class FailureTracker:
         now = time.time()
         error = " ".join(str(exc).split())[:_ERROR_CHARS]
         failure = self._failing.get((simulation_id, what))
+        self._dirty = True
         if failure is None:
             self._failing[(simulation_id, what)] = Failure(what, now, now, error)
             self.publish(force=True)
@@ -79,6 +83,7 @@ class FailureTracker:
         if (simulation_id, what) in self._failing:
             self._account()
             del self._failing[(simulation_id, what)]
+            self._dirty = True
             self.publish(force=True)
 
     def clear_all(self, what: str) -> None:
@@ -87,19 +92,26 @@ class FailureTracker:
             self.clear(simulation_id, kind)
 
     def publish(self, force: bool = False) -> None:
-        """Write this consumer's failures to Redis (at most once a second unless ``force``)."""
+        """Write this consumer's failures to Redis if they changed: at once with ``force``, else
+        at most once a second (the worker calls this every tick, so nothing stays unwritten).
+
+        After a failed attempt nothing is tried for ``_UNPUBLISHED_PAUSE_S``, forced or not: the
+        hash's master may be the one that fails, and a worker must not wait on it every tick.
+        """
         now = time.monotonic()
-        if not force and now - self._published_at < _PUBLISH_EVERY_S:
+        if not self._dirty or now < self._paused_until or (not force and now - self._published_at < _PUBLISH_EVERY_S):
             return
         self._published_at = now
         try:
             if not self._failing:
                 self.client.hdel(self.keys.failing, self.consumer)
-                return
-            report = {sim: {**asdict(f), "consumer": self.consumer} for (sim, _), f in self._failing.items()}
-            self.client.hset(self.keys.failing, self.consumer, json.dumps(report))
-            self.client.expire(self.keys.failing, _KEY_TTL_S)
+            else:
+                report = {sim: {**asdict(f), "consumer": self.consumer} for (sim, _), f in self._failing.items()}
+                self.client.hset(self.keys.failing, self.consumer, json.dumps(report))
+                self.client.expire(self.keys.failing, _KEY_TTL_S)
+            self._dirty = False
         except REDIS_ERRORS as exc:
+            self._paused_until = now + _UNPUBLISHED_PAUSE_S
             log.debug("worker.failure_report_unpublished consumer=%s error=%s", self.consumer, exc)
 
     def _account(self) -> None:

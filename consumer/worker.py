@@ -143,6 +143,7 @@ class Worker:
             self._transient_failures = 0
             if not self.reader.cluster:
                 self.failures.clear_all(REDIS)  # the one server answered a whole tick
+            self.failures.publish()
         except TransientError as exc:
             self._recover_from(exc)
         except FAILOVER_ERRORS as exc:  # a cluster error no step translated: the same back-off
