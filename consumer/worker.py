@@ -72,7 +72,6 @@ class _StreamState:
     gone_ids: list[bytes] = field(default_factory=list)  # deleted entries not yet dead-lettered
     layout: str | None = None  # announced by the producer in the meta hash (common.layouts)
     blocked_until: float = 0.0  # its database cannot take its rows: not read again before this
-
     failures: int = 0  # Redis failures in a row (a cluster master down): set aside until retry_at
     retry_at: float = 0.0
 
@@ -209,7 +208,7 @@ class Worker:
         log.warning("worker.transient_error consumer=%s error=%s retry_in_s=%.1f", self.name, exc, pause_s)
         for state in self._streams.values():
             state.replay_after = b"0"
-            if not isinstance(exc, DatabaseUnavailable):
+            if isinstance(exc, (RedisUnavailable, GroupMissing)):
                 self.failures.note(state.simulation_id, REDIS, exc)
         if isinstance(exc, GroupMissing):
             # The server lost the group (restarted empty, or the stream was removed when finished):

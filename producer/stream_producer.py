@@ -79,9 +79,9 @@ class StreamProducer:
     down (only for a programming error: unknown kind or field names, or SenderFailed when neither
     Redis nor the journal can take records); no value stops the sender thread, and a sender thread
     that dies anyway is restarted, or its records are journaled and ``flush()``/``close()`` raise
-    SenderFailed; every record keeps a key
-    (producer id, sequence number) so a copy sent twice is written once; ``close()`` sends
-    everything, then marks the simulation complete so consumers can finish it.
+    SenderFailed; every record keeps a key (producer id, sequence number) so a copy sent twice is
+    written once; ``close()`` sends everything, then marks the simulation complete so consumers
+    can finish it.
 
     With ``recent_state=True`` (or a tier config), every batch's pipeline also writes its agent
     states into the Redis recent-state tiers (see :mod:`common.tiers`); off, it costs nothing.
@@ -333,12 +333,13 @@ class StreamProducer:
 
     def _journal_instead(self) -> None:
         """Journal what the buffer holds; SenderFailed if the journal cannot take it either."""
+        sender = self._sender
         try:
-            self._sender.journal_buffered()
+            sender.journal_buffered()
         except OSError as exc:
-            raise SenderFailed(f"{self._sender.failure}; its journal {self._sender.journal.path} cannot be "
-                               f"written either ({exc}): {len(self._buffer) + len(self._sender.in_hand)} records are only "
-                               "in memory") from exc
+            held = len(self._buffer) + len(sender.in_hand)
+            raise SenderFailed(f"{sender.failure}; its journal {sender.journal.path} cannot be written either "
+                               f"({exc}): {held} records are only in memory") from exc
 
     def _raise_if_failed(self, target: int, closing: bool = False) -> None:
         """If the sender thread is gone for good: journal the rest (and, closing, the completion),

@@ -21,8 +21,8 @@ from consumer.worker import consumer_name
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
 from tests.e2e.test_metrics_and_progress import scrape, try_scrape
-from tests.helpers import assert_rows_match, dead_letter_count, persisted_identities, produce_workload, \
-    total_expected, wait_for
+from tests.helpers import (assert_rows_match, dead_letter_count, persisted_identities, produce_workload,
+                           total_expected, wait_for)
 
 pytestmark = pytest.mark.newest_redis
 
@@ -33,7 +33,8 @@ FAILING_AFTER = ("--failing-after-ms", "500")
 def writer_role(postgres_schema) -> str:
     """A login role the consumers use, allowed to create tables in the test's schema (it owns them)."""
     role = f"{postgres_schema.name}_writer"
-    postgres_schema.admin(f'CREATE ROLE "{role}" LOGIN', f'GRANT USAGE, CREATE ON SCHEMA "{postgres_schema.name}" TO "{role}"')
+    postgres_schema.admin(f'CREATE ROLE "{role}" LOGIN',
+                          f'GRANT USAGE, CREATE ON SCHEMA "{postgres_schema.name}" TO "{role}"')
     yield role
     postgres_schema.terminate_connections()
     postgres_schema.admin(f'DROP OWNED BY "{role}" CASCADE', f'DROP ROLE "{role}"')
