@@ -121,6 +121,7 @@ def test_a_master_killed_mid_run_fails_over_and_every_simulation_lands_exactly_o
         assert all(report.all_in_redis and report.complete for report in reports.values()), reports
         assert loggers[doomed].producer.stats()["journaled"] > 0
         assert all(loggers[sim].producer.stats()["journaled"] == 0 for sim in healthy)
+        assert all(logger.producer.stats()["sender_restarts"] == 0 for logger in loggers.values())
         # ... the same consumers persist every row of every simulation exactly once, in bounded time
         wait_for(lambda: persisted_all(engine, expected), timeout_s=60, what="every simulation persisted")
         assert time.monotonic() - last_record_at < 60
