@@ -20,6 +20,8 @@ from tests.helpers import wait_for
 @pytest.fixture
 def replica(redis_server, tmp_path):
     """A replica of the test's Redis, in sync before the test starts."""
+    with redis_server.client() as master:
+        master.config_set("repl-diskless-sync-delay", 0)  # a full sync at once, not after 5 s
     server = EmbeddedRedis(tmp_path / "replica", port=free_port(), binary=redis_server.binary,
                            extra_args=("--replicaof", "127.0.0.1", str(redis_server.port))).start()
     with redis.Redis.from_url(server.url) as client:
