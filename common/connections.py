@@ -19,7 +19,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
 from common.keys import validate_simulation_id
 from common.schema import metadata
-from common.settings import ENV_DB_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url, validate_redis_url
+from common.settings import (ENV_DB_URL, ENV_REDIS_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url,
+                             validate_redis_url)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | Redi
         cluster = int(client.info("cluster").get("cluster_enabled", 0)) == 1
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         client.close()
-        raise RedisUnreachable(
-            f"cannot reach Redis at {url}: {exc}; start one (`simstream redis`) or point "
-            "--redis-url / SIMSTREAM_REDIS_URL at a running server"
-        ) from exc
+        raise RedisUnreachable(_unreachable(url, exc)) from exc
     except redis.ResponseError:
         cluster = False  # INFO refused (a restricted managed server): clusters always answer it
     if not cluster:
@@ -71,18 +69,35 @@ def is_cluster(client: redis.Redis | RedisCluster) -> bool:
 
 
 def check_redis(client: redis.Redis, url: str) -> None:
-    """PING ``client``; RedisUnavailable with what to do if nothing answers."""
+    """PING ``client``. RedisUnavailable saying what to do if nothing answers; ConfigurationError
+    if a server answers but refuses what the URL asks (a database number it does not have)."""
     try:
         client.ping()
-    except redis.RedisError as exc:
-        raise RedisUnavailable(
-            f"cannot reach Redis at {url}: {exc}; start one (`simstream redis`) or point "
-            "--redis-url / SIMSTREAM_REDIS_URL at a running server"
+    except redis.ResponseError as exc:
+        raise ConfigurationError(
+            f"Redis at {url} refused the connection: {_reason(exc)}; check the database number "
+            f"(0 to the server's `databases` - 1), user and password in --redis-url / {ENV_REDIS_URL}"
         ) from exc
+    except redis.RedisError as exc:
+        raise RedisUnavailable(_unreachable(url, exc)) from exc
 
 
-def _sqlite_path_ready(url: str) -> None:
-    """Create the SQLite file's folder; ConfigurationError if it cannot be written."""
+def _reason(exc: BaseException) -> str:
+    """A library's message as a clause: one line, no closing period (ours follows after a ';')."""
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    if isinstance(exc, redis.AuthenticationError):
+        return (f"Redis at {url} refused the login: {_reason(exc)}; check the user and password in "
+                f"--redis-url / {ENV_REDIS_URL}")
+    return (f"cannot reach Redis at {url}: {_reason(exc)}; start one (`simstream redis`) or point "
+            f"--redis-url / {ENV_REDIS_URL} at a running server")
+
+
+def _sqlite_path_ready(url: str, create_folder: bool) -> None:
+    """Make sure the SQLite file's folder exists (creating it if ``create_folder``) and is
+    writable; ConfigurationError saying which otherwise."""
     database = make_url(url).database
     if not database or database == ":memory:":
         raise ConfigurationError(
@@ -90,6 +105,10 @@ def _sqlite_path_ready(url: str) -> None:
             "sqlite:///path/to/file.db"
         )
     folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir() and not create_folder:
+        # A typo in a path must not become a folder tree; a per-simulation template does create its folder.
+        raise ConfigurationError(f"the folder {folder} of {url!r} does not exist; create it or choose another "
+                                 f"--db / {ENV_DB_URL}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -128,13 +147,18 @@ def simulation_db_url(url: str, simulation_id: str) -> str:
 
 
 def check_sink_template(url: str) -> None:
-    """For a per-simulation URL, make sure its folder exists and is writable (no file is created)."""
+    """For a per-simulation URL, create its folder if missing and check it is writable (no file
+    is created)."""
     validate_db_url(url)
-    _sqlite_path_ready(url)
+    _sqlite_path_ready(url, create_folder=True)
 
 
-def create_sink_engine(url: str) -> Engine:
-    """An engine for the SQL sink at ``url``, tuned for many small concurrent writers."""
+def create_sink_engine(url: str, *, create_folder: bool = True) -> Engine:
+    """An engine for the SQL sink at ``url``, tuned for many small concurrent writers.
+
+    For a SQLite file, ``create_folder=False`` refuses (ConfigurationError) a folder that does
+    not exist instead of creating it: what the CLI does for a single file named by the user.
+    """
     validate_db_url(url)
     if is_per_simulation(url):
         raise ConfigurationError(
@@ -142,7 +166,7 @@ def create_sink_engine(url: str) -> Engine:
             f"(fill in {SIMULATION_ID_PLACEHOLDER}) to open one of its files"
         )
     if make_url(url).get_backend_name() == "sqlite":
-        _sqlite_path_ready(url)
+        _sqlite_path_ready(url, create_folder)
         engine = create_engine(url)
         _tune_sqlite(engine)
         return engine
@@ -166,10 +190,10 @@ def ensure_schema(engine: Engine) -> None:
         except OperationalError as exc:
             # Another process created a table between our check and our CREATE: look again.
             if "already exists" not in str(exc) or attempt == 2:
-                raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc.orig}; "
+                raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {_reason(exc.orig)}; "
                                           f"check --db / {ENV_DB_URL} and that the database is up") from exc
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {exc}; "
+            raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {_reason(exc)}; "
                                       f"check --db / {ENV_DB_URL} and that the database is up") from exc
 
 
@@ -181,5 +205,5 @@ def _ensure_schema_postgresql(engine: Engine) -> None:
             metadata.create_all(connection, checkfirst=True)
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(
-            f"cannot create the schema at {engine.url!r}: {getattr(exc, 'orig', None) or exc}; "
+            f"cannot create the schema at {engine.url!r}: {_reason(getattr(exc, 'orig', None) or exc)}; "
             f"check --db / {ENV_DB_URL} and that the database is up") from exc

@@ -40,12 +40,20 @@ T = TypeVar("T")
 
 def validate_redis_url(url: str) -> str:
     """Return ``url`` if it is a Redis URL simstream can use, else raise ConfigurationError."""
-    scheme = urlsplit(url).scheme
-    if scheme not in REDIS_SCHEMES:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
         raise ConfigurationError(
-            f"Redis URL {url!r} has scheme {scheme or 'none'!r}; use redis://HOST:PORT/DB, "
+            f"Redis URL {url!r} has scheme {parts.scheme or 'none'!r}; use redis://HOST:PORT/DB, "
             f"rediss://... or unix:///path/to/redis.sock (set --redis-url or {ENV_REDIS_URL})"
         )
+    try:
+        parts.port  # parsed lazily: "notaport" and 99999 raise only here
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        raise ConfigurationError(
+            f"Redis URL {url!r} has port {port!r}; a port is a number from 1 to 65535, "
+            f"as in redis://HOST:6379/0 (set --redis-url or {ENV_REDIS_URL})"
+        ) from None
     return url
 
 
@@ -63,11 +71,15 @@ def validate_db_url(url: str) -> str:
             f"database URL {url!r}: backend {parsed.get_backend_name()!r} is not supported; "
             "use sqlite:/// or postgresql+psycopg://"
         )
-    if SIMULATION_ID_PLACEHOLDER in url and (parsed.get_backend_name() != "sqlite"
-                                             or SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or "")):
+    if SIMULATION_ID_PLACEHOLDER in url and parsed.get_backend_name() != "sqlite":
         raise ConfigurationError(
-            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names, "
-            "e.g. sqlite:///runs/{simulation_id}.db; PostgreSQL holds every simulation in one database"
+            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names; "
+            "PostgreSQL holds every simulation in one database, so leave it out"
+        )
+    if SIMULATION_ID_PLACEHOLDER in url and SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or ""):
+        raise ConfigurationError(
+            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} may stand in the file name only, "
+            "not in a folder: e.g. sqlite:///runs/{simulation_id}.db"
         )
     return url
 

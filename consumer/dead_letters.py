@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, inspect, select
 
 from common.codec import ENTRY_FIELD
 from common.keys import Keys
@@ -35,11 +35,19 @@ def _filtered(query, simulation_id: str | None, ids: tuple[int, ...]):
     return query
 
 
+def _has_table(connection) -> bool:
+    """Whether the sink has a ``dead_letters`` table; one without it has no dead letters (and
+    these commands never create it)."""
+    return inspect(connection).has_table(dead_letters.name)
+
+
 def list_dead_letters(engine: Engine, simulation_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest dead letters (without their raw bytes), newest first."""
+    """The newest dead letters (without their raw bytes), newest first; writes nothing."""
     columns = [c for c in dead_letters.c if c.name != "raw"]
     query = _filtered(select(*columns, dead_letters.c.raw.is_(None).label("payload_lost")), simulation_id, ())
     with engine.connect() as connection:
+        if not _has_table(connection):
+            return []
         rows = connection.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
         return [dict(row._mapping) for row in rows]
 
@@ -48,7 +56,7 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
                        ids: tuple[int, ...] = ()) -> RetryResult:
     """Put dead letters' payloads back into their streams and delete them from the table."""
     with engine.connect() as connection:
-        rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all()
+        rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all() if _has_table(connection) else []
     redriven, skipped = [], 0
     for row in rows:
         if row.raw is None or row.simulation_id is None:
@@ -72,4 +80,6 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
 def purge_dead_letters(engine: Engine, simulation_id: str | None = None, ids: tuple[int, ...] = ()) -> int:
     """Delete dead letters; returns how many."""
     with engine.begin() as connection:
+        if not _has_table(connection):
+            return 0
         return connection.execute(_filtered(delete(dead_letters), simulation_id, ids)).rowcount

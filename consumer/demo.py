@@ -75,7 +75,7 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
     """Run the demo end to end; returns the exit code."""
     simulation_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     namespace = f"simstream-demo-{secrets.token_hex(4)}"  # a private namespace: --drain waits only for us
-    engine = create_sink_engine(db_url)
+    engine = create_sink_engine(db_url, create_folder=False)
     ensure_schema(engine)
     with demo_redis(redis_url, embedded) as (url, where):
         client = redis_client(url)

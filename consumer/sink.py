@@ -98,11 +98,11 @@ class Sink:
                 record = decode(entry.payload)
                 row = self._driver_row(record.kind.name, record.to_row(simulation_id))
             except RecordError as exc:
-                letters.append(DeadLetter(entry.entry_id, entry.payload, str(exc)))
+                letters.append(DeadLetter(entry.entry_id, entry.payload, str(exc), entry.deliveries))
                 continue
             except (TypeError, ValueError, OverflowError) as exc:  # e.g. bytes inside a JSON column
                 letters.append(DeadLetter(entry.entry_id, entry.payload,
-                                          f"{record.kind.name}: a value cannot be stored: {exc}"))
+                                          f"{record.kind.name}: a value cannot be stored: {exc}", entry.deliveries))
                 continue
             kinds_of.append((record.kind.name, row, entry))
         try:
@@ -167,7 +167,8 @@ class Sink:
                     pending += [part[middle:], part[:middle]]
                     continue
                 entry = part[0][2]
-                letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}")
+                letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}",
+                                    entry.deliveries)
                 result = self._commit(stream, simulation_id, [], [letter])
                 result.isolated_by_database = 1
                 _merge(total, result)

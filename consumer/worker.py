@@ -319,7 +319,7 @@ class Worker:
                                           f"delivered {delivered} times (limit {self.settings.max_deliveries})",
                                           delivered))
             else:
-                keep.append(entry)
+                keep.append(Entry(entry.entry_id, entry.payload, delivered))  # a dead letter says how often
         return keep, letters
 
     def drained(self) -> bool:

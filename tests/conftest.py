@@ -15,7 +15,6 @@ stays the same: ``redis_server``, ``sqlite_url`` (the sink URL, whatever the sin
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
-from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
+from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, newest_on_path, server_version
 from tests.cluster import RedisClusterServers
 from tests.containers import ContainerRedisServer, docker_answers
 from tests.helpers import PerSimulationEngines
@@ -38,7 +37,7 @@ def _redis_binaries() -> list[tuple[str, str]]:
     bundled = bundled_binary()
     if bundled:
         found.append((f"redis{'.'.join(map(str, server_version(bundled)[:2]))}", bundled))
-    on_path = shutil.which("redis-server")
+    on_path = newest_on_path()  # not PATH's first: an activated venv lists the bundled 6.2 first
     if on_path and server_version(on_path)[0] >= 7:
         found.append((f"redis{'.'.join(map(str, server_version(on_path)[:2]))}", on_path))
     return found
