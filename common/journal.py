@@ -7,7 +7,8 @@ length 0 marks the simulation complete (its producer was closed while Redis was 
 torn by a crash mid-write is ignored: it was never reported as journaled.
 
 Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
-the file, and the next replay sends all of it again (the copies write nothing new).
+the file, and the next replay sends all of it again (the copies write nothing new). The folder is
+created when a journal is first appended to, and producers remove it once a replay leaves it empty.
 
 Appending and replaying hold an exclusive ``flock`` on the file, so a replay by another process
 (``simstream replay-journal``, a second producer of the simulation) never removes frames its
@@ -66,7 +67,6 @@ class Journal:
 
     def append(self, payloads: list[bytes]) -> None:
         """Write ``payloads`` as frames; they are on disk (or in the OS cache) when this returns."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path, "ab") as handle:
             handle.write(b"".join(_FRAME_HEADER.pack(len(p)) + p for p in payloads))
             handle.flush()
@@ -86,7 +86,14 @@ class Journal:
 def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
     """``path`` opened and exclusively locked; FileNotFoundError if it is gone (read modes)."""
     while True:
-        handle = open(path, mode)
+        try:
+            handle = open(path, mode)
+        except FileNotFoundError:
+            if "a" not in mode:
+                raise
+            # The folder is created on demand, and a replay removes it once empty: make it (again).
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         if os.fstat(handle.fileno()).st_nlink > 0:
             break
@@ -95,6 +102,29 @@ def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
         yield handle
     finally:
         handle.close()  # releases the lock
+
+
+def count_records(path: str | Path) -> int:
+    """How many records a journal holds, read from its frame headers only (the file may be large)."""
+    records = 0
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        while handle.tell() + _FRAME_HEADER.size <= size:
+            (length,) = _FRAME_HEADER.unpack(handle.read(_FRAME_HEADER.size))
+            if handle.tell() + length > size:
+                break  # torn final frame
+            records += length > 0  # a zero-length frame is the completion marker
+            handle.seek(length, os.SEEK_CUR)
+    return records
+
+
+def remove_folder_if_empty(folder: str | Path) -> bool:
+    """Remove ``folder`` if it holds nothing (a journal folder a replay emptied); True if removed."""
+    try:
+        Path(folder).rmdir()
+        return True
+    except OSError:  # not empty (another producer's journal), already gone, or not ours to remove
+        return False
 
 
 def read_journal(path: str | Path) -> tuple[list[bytes], bool]:

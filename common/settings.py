@@ -119,6 +119,9 @@ class ProducerSettings:
     Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
     backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
+    ``replay_earlier_journals``: a journal an earlier producer of the same simulation left in
+    ``journal_dir`` is replayed into this run (True, with a warning naming it) or left on disk
+    for ``simstream replay-journal`` (False, with a warning saying so).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -131,6 +134,7 @@ class ProducerSettings:
     journal_dir: str = DEFAULT_JOURNAL_DIR
     journal_retry_interval_s: float = 1.0
     journal_fsync: bool = False
+    replay_earlier_journals: bool = True
     backpressure: str = "spill"
     high_water_records: int = 1_000_000
     low_water_records: int = 800_000

@@ -27,7 +27,8 @@ from tenacity import Retrying, retry_if_exception_type
 
 from common.codec import ENTRY_FIELD, make_encoder
 from common.connections import redis_client
-from common.journal import Journal, journal_path, journals_for, replay_journal
+from common.journal import (Journal, count_records, journal_path, journals_for, remove_folder_if_empty,
+                            replay_journal)
 from common.keys import Keys
 from common.retry import jittered_backoff
 from common.settings import ProducerSettings
@@ -89,8 +90,9 @@ class BatchSender(threading.Thread):
         self.throttle = False
         self.completed = False
         self.stats = SenderStats()
-        self._left_journals: list[Path] = journals_for(settings.journal_dir, simulation_id)
+        self._left_journals: list[Path] = self._earlier_journals()
         self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
+        self._outage_since: float | None = None  # when Redis last stopped answering, while it does not
         self._spilling_for_backlog = False
         self._next_journal_try = 0.0
         self._stopping = False
@@ -98,6 +100,17 @@ class BatchSender(threading.Thread):
         self._spill_now = False
         self._encode = make_encoder()
         self._client: redis.Redis | None = None
+
+    def _earlier_journals(self) -> list[Path]:
+        """Journals an earlier producer of this simulation left, to replay before our records;
+        each is named in a warning, and none is replayed if ``replay_earlier_journals`` is off."""
+        found = journals_for(self.settings.journal_dir, self.simulation_id)
+        replay = self.settings.replay_earlier_journals
+        for path in found:
+            log.warning("producer.earlier_journal_found simulation=%s journal=%s records=%d age_s=%.0f action=%s",
+                        self.simulation_id, path, count_records(path), time.time() - path.stat().st_mtime,
+                        "replay into this run" if replay else f"left on disk: simstream replay-journal {path}")
+        return found if replay else []
 
     # -- control, from the simulation thread -----------------------------------------------
 
@@ -209,6 +222,7 @@ class BatchSender(threading.Thread):
                                     stop=give_up, reraise=True, before_sleep=self._note_failure):
                 with attempt:
                     action(*args)
+            self._outage_over(replayed=0)
             return True
         except redis.RedisError as exc:
             self._note_error(exc)
@@ -218,10 +232,21 @@ class BatchSender(threading.Thread):
         self._note_error(retry_state.outcome.exception())
 
     def _note_error(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
         self.stats.failed_attempts += 1
         if self.stats.last_error is None or self.stats.failed_attempts % 50 == 1:
             log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
         self.stats.last_error = str(exc)
+
+    def _outage_over(self, replayed: int) -> None:
+        """Say once that Redis answers again, and how many journaled records went to it: the
+        outage's start was a warning, so its end is one too."""
+        if self._outage_since is None:
+            return
+        log.warning("producer.outage_ended simulation=%s outage_s=%.1f journaled_records_replayed=%d",
+                    self.simulation_id, time.monotonic() - self._outage_since, replayed)
+        self._outage_since = None
 
     def _observe_backlog(self, backlog: int) -> None:
         self.stats.backlog = backlog
@@ -251,6 +276,7 @@ class BatchSender(threading.Thread):
         if not force and now < self._next_journal_try:
             return
         self._next_journal_try = now + self.settings.journal_retry_interval_s
+        replayed = 0
         try:
             if self._spilling_for_backlog:
                 if self._redis().xlen(self.stream_key) >= self.settings.low_water_records:
@@ -261,17 +287,21 @@ class BatchSender(threading.Thread):
                                         mark_complete=False)
                 self._left_journals.pop(0)
                 self.stats.replayed += result.records
+                replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
             if self.journal.exists():
                 result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size)
                 self.stats.replayed += result.records
                 self.stats.sent += result.records
+                replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
         except redis.RedisError as exc:
             self._note_error(exc)
             return
+        remove_folder_if_empty(self.settings.journal_dir)  # leave no empty .simstream-journal/ behind
         with self.progress:
             self.in_journal = 0
         self.journaling = self._spilling_for_backlog = False
+        self._outage_over(replayed)
