@@ -312,7 +312,8 @@ class Worker:
         if check_deliveries and entries:
             entries, overdelivered = self._split_overdelivered(state.stream, entries)
             letters += overdelivered
-        faults.checkpoint("after_read", self.slot)
+        faults.checkpoint("after_read", self.slot,
+                          lambda: [entry.entry_id for entry in entries] + [letter.entry_id for letter in letters])
         commit_started = time.monotonic()
         result = self._write(state, entries, letters)
         commit_s = time.monotonic() - commit_started
