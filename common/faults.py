@@ -11,8 +11,9 @@ Tests pin the dangerous moments deterministically instead of hoping a random kil
 ``SIMSTREAM_TEST_CRASH_SLOT`` limits the crash to one worker slot, and
 ``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is written just before the kill
 (a first line ``"<slot> <pid>"``, then the ids of the stream entries the process held, one per
-line), and a worker that finds it does not crash again (so a restarted worker carries on). ``SIMSTREAM_TEST_CRASH_ARMED_FILE`` arms the crash only once that file exists, so a
-caller outside the process chooses when (``simstream bench`` kills a worker holding a batch a
+line), and a worker that finds it does not crash again (so a restarted worker carries on).
+``SIMSTREAM_TEST_CRASH_ARMED_FILE`` arms the crash only once that file exists, so a caller
+outside the process chooses when (``simstream bench`` kills a worker holding a batch a
 quarter of the way into its end-to-end run this way); passages before count for nothing. Unset,
 every call is a dictionary lookup and a return.
 """

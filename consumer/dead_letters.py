@@ -56,7 +56,9 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
                        ids: tuple[int, ...] = ()) -> RetryResult:
     """Put dead letters' payloads back into their streams and delete them from the table."""
     with engine.connect() as connection:
-        rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all() if _has_table(connection) else []
+        if not _has_table(connection):
+            return RetryResult(0, 0)
+        rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all()
     redriven, skipped = [], 0
     for row in rows:
         if row.raw is None or row.simulation_id is None:

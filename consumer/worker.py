@@ -367,7 +367,8 @@ def _run_ids(client) -> frozenset[str] | None:
     """The run id of the Redis server (of every cluster node): a restarted server has a new one.
     None if the server does not say (INFO refused)."""
     try:
-        info = client.info("server", target_nodes=RedisCluster.ALL_NODES) if is_cluster(client) else client.info("server")
+        info = (client.info("server", target_nodes=RedisCluster.ALL_NODES) if is_cluster(client)
+                else client.info("server"))
     except redis.ResponseError:
         return None
     if "run_id" in info:

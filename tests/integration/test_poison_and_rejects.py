@@ -72,7 +72,8 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
     assert "trimmed" in letters[trimmed_id].error and letters[trimmed_id].raw is None
     assert len(letters) == len(poison) + 3
     listed = CliRunner().invoke(cli, ["dlq", "list", "--db", sqlite_url, "--limit", "100"]).output
-    assert "deliveries=None" not in listed and ": )" not in listed and "deliveries=1 " in listed and "deliveries=2 " in listed
+    assert "deliveries=None" not in listed and ": )" not in listed
+    assert "deliveries=1 " in listed and "deliveries=2 " in listed
     for table, rows in expected_more.items():
         expected[table].update(rows)
     assert_rows_match(sink_engine, simulation_id, expected)
