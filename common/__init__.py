@@ -2,7 +2,7 @@
 
 from common.codec import FORMAT_VERSION, Record, decode, make_encoder
 from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, GroupMissing, PermanentError,
-                           RecordError, RedisUnavailable, SimstreamError, TransientError)
+                           PersistTimeout, RecordError, RedisUnavailable, SimstreamError, TransientError)
 from common.keys import Keys
 from common.records import KINDS, RecordKind
 from common.recent_state import RecentStates
@@ -12,7 +12,8 @@ from common.workload import Mix
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "ConfigurationError", "ConsumerSettings", "DatabaseUnavailable", "ExitCode",
-    "GroupMissing", "Keys", "Mix", "PermanentError", "ProducerSettings", "Record", "RecordError", "RecordKind",
+    "GroupMissing", "Keys", "Mix", "PermanentError", "PersistTimeout", "ProducerSettings", "Record", "RecordError",
+    "RecordKind",
     "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SimstreamError", "TierWriter",
     "TransientError", "decode", "make_encoder",
 ]

@@ -12,21 +12,18 @@ from pathlib import Path
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
 from common.keys import validate_simulation_id
-from common.schema import metadata
+from common.schema_setup import ensure_schema  # noqa: F401  (re-exported: the sink and the CLI ensure schemas through here)
 from common.settings import (ENV_DB_URL, ENV_REDIS_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url,
                              validate_redis_url)
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Any fixed number: PostgreSQL advisory lock held while one process creates the schema.
-_SCHEMA_LOCK_KEY = 0x5153_5452
 
 
 class RedisUnreachable(RedisUnavailable, redis.ConnectionError):
@@ -176,34 +173,3 @@ def create_sink_engine(url: str, *, create_folder: bool = True) -> Engine:
         raise ConfigurationError(
             f"the driver for {url!r} is not installed ({exc.name}); pip install 'simstream[postgres]'"
         ) from exc
-
-
-def ensure_schema(engine: Engine) -> None:
-    """Create simstream's tables if missing; safe when several consumers start at once."""
-    if engine.dialect.name == "postgresql":
-        _ensure_schema_postgresql(engine)
-        return
-    for attempt in range(3):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-            return
-        except OperationalError as exc:
-            # Another process created a table between our check and our CREATE: look again.
-            if "already exists" not in str(exc) or attempt == 2:
-                raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {_reason(exc.orig)}; "
-                                          f"check --db / {ENV_DB_URL} and that the database is up") from exc
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"cannot create the schema at {engine.url!r}: {_reason(exc)}; "
-                                      f"check --db / {ENV_DB_URL} and that the database is up") from exc
-
-
-def _ensure_schema_postgresql(engine: Engine) -> None:
-    """Create the tables under an advisory lock: concurrent CREATEs would collide in pg_type."""
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-            metadata.create_all(connection, checkfirst=True)
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(
-            f"cannot create the schema at {engine.url!r}: {_reason(getattr(exc, 'orig', None) or exc)}; "
-            f"check --db / {ENV_DB_URL} and that the database is up") from exc

@@ -7,7 +7,9 @@
     ├── TransientError            retried; the entries involved stay pending in Redis
     │   ├── RedisUnavailable      Redis refused, timed out or dropped the connection
     │   ├── DatabaseUnavailable   the SQL sink is locked, busy or unreachable
-    │   └── GroupMissing          NOGROUP: the stream or its group vanished (server restarted)
+    │   ├── GroupMissing          NOGROUP: the stream or its group vanished (server restarted)
+    │   └── PersistTimeout        wait_persisted gave up: its message names the backlog
+    ├── NoSimulation              consume --drain: no simulation appeared to drain
     └── PermanentError            retrying cannot help; the entry goes to dead_letters
         └── RecordError           undecodable payload, unknown kind or version, bad fields
 
@@ -58,6 +60,31 @@ class DatabaseUnavailable(TransientError):
 
 class GroupMissing(TransientError):
     """The consumer group (or its stream) is gone, for example after a Redis restart."""
+
+
+class PersistTimeout(TransientError):
+    """``wait_persisted`` gave up before consumers committed everything the producer logged.
+
+    ``backlog``: how many of the producer's records were not yet persisted (entries not yet
+    delivered or not yet acknowledged, plus records not yet in Redis); a lower bound when it was
+    too many to count (the message then says "at least").
+    """
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, backlog: int) -> None:
+        super().__init__(message)
+        self.backlog = backlog
+
+
+class NoSimulation(SimstreamError):
+    """``consume --drain`` waited for a first simulation and none appeared.
+
+    Exit code 1 (failed), not 2: the settings may well be right and the producer merely late or
+    crashed before its first record; the message names the Redis URL and namespace to check.
+    """
+
+    exit_code = ExitCode.FAILED
 
 
 class PermanentError(SimstreamError):

@@ -7,8 +7,10 @@ length 0 marks the simulation complete (its producer was closed while Redis was 
 torn by a crash mid-write is ignored: it was never reported as journaled.
 
 Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
-the file, and the next replay sends all of it again (the copies write nothing new). The folder is
-created when a journal is first appended to, and producers remove it once a replay leaves it empty.
+the file, and the next replay sends all of it again (the copies write nothing new). A replay
+refreshes the simulation's heartbeat (:mod:`common.heartbeat`): a simulation shown as abandoned
+because its producer died comes back to life when its journal is replayed. The folder is created
+when a journal is first appended to, and producers remove it once a replay leaves it empty.
 
 Appending and replaying hold an exclusive ``flock`` on the file, so a replay by another process
 (``simstream replay-journal``, a second producer of the simulation) never removes frames its
@@ -32,7 +34,9 @@ import redis
 
 from common import faults
 from common.codec import ENTRY_FIELD
+from common.heartbeat import touch_command
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD
 
 _FRAME_HEADER = struct.Struct(">I")
 _COMPLETE_MARKER = b""
@@ -149,11 +153,12 @@ def _frames(data: bytes) -> tuple[list[bytes], bool]:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a journal replay sent."""
+    """What a journal replay sent; ``last_entry_id``: the id of the last entry it added (None if none)."""
 
     path: Path
     records: int
     complete: bool
+    last_entry_id: str | None = None
 
 
 def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000,
@@ -174,37 +179,50 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
         except FileNotFoundError:
             return ReplayResult(path, 0, False)
         payloads, complete = _frames(handle.read())
-        sent = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size)
+        last_entry_id = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size)
         path.unlink()
-    return ReplayResult(path, sent, complete)
+    return ReplayResult(path, len(payloads), complete, last_entry_id)
 
 
 def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[bytes], complete: bool,
-          batch_size: int) -> int:
-    """XADD ``payloads`` in order, then record the producers' sequence numbers (and completion)."""
+          batch_size: int) -> str | None:
+    """XADD ``payloads`` in order, then record the producers' sequence numbers (and completion);
+    each batch refreshes the heartbeat. Returns the id of the last entry added (None if none)."""
     stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
     last_seq: dict[str, int] = {}
+    last_entry_id = None
+    layouts: list[str] = []
     for start in range(0, len(payloads), batch_size):
         pipe = client.pipeline(transaction=False)
-        for payload in payloads[start:start + batch_size]:
+        chunk = payloads[start:start + batch_size]
+        for payload in chunk:
             pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
-            _note_identity(payload, last_seq)
+            _note_identity(payload, last_seq, layouts)
         pipe.sadd(keys.registry, simulation_id)
-        pipe.execute()
+        pipe.execute_command(*touch_command(meta))
+        last_entry_id = pipe.execute()[len(chunk) - 1]
         faults.checkpoint("journal_mid_replay", 0)
     pipe = client.pipeline(transaction=False)
     pipe.sadd(keys.registry, simulation_id)
+    pipe.execute_command(*touch_command(meta))
+    if layouts:  # before the sequence numbers, as a producer writes them (see common.layouts)
+        pipe.hset(meta, LAYOUT_FIELD, layouts[-1])
     for producer_id, seq in last_seq.items():
         pipe.hset(meta, f"seq:{producer_id}", seq)
     if complete:
         pipe.hset(meta, mapping={"complete": 1, "completed_at": time.time()})
     pipe.execute()
-    return len(payloads)
+    if isinstance(last_entry_id, bytes):
+        last_entry_id = last_entry_id.decode()
+    return last_entry_id
 
 
-def _note_identity(payload: bytes, last_seq: dict[str, int]) -> None:
+def _note_identity(payload: bytes, last_seq: dict[str, int], layouts: list[str]) -> None:
+    """Note the record's producer and sequence number, and the layout a start record announces."""
     try:
-        _, _, producer_id, seq, _ = msgpack.unpackb(payload, raw=False)
+        _, kind, producer_id, seq, fields = msgpack.unpackb(payload, raw=False)
         last_seq[producer_id] = max(seq, last_seq.get(producer_id, 0))
+        if kind == "simulation" and isinstance(fields.get(LAYOUT_FIELD), str):
+            layouts.append(fields[LAYOUT_FIELD])
     except Exception:  # a payload the consumer will dead-letter; it still goes to the stream
         pass

@@ -44,7 +44,7 @@ class Keys:
         return f"{self.namespace}:{{{simulation_id}}}:stream"
 
     def meta(self, simulation_id: str) -> str:
-        """Hash with the simulation's lifecycle: producers' last sequence numbers, completion."""
+        """Hash with the simulation's lifecycle: producers' last sequence numbers, completion, heartbeat."""
         return f"{self.namespace}:{{{simulation_id}}}:meta"
 
     def simulation_of(self, stream_key: str | bytes) -> str:

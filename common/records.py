@@ -1,10 +1,13 @@
-"""Record kinds: what a producer may log, how it is validated, and which row it becomes.
+"""Record kinds: what a producer may log, how it is checked, and which row it becomes.
 
 A record is ``(kind, fields)``. Its fields are the columns of the kind's table, minus the ones
 the sink derives (``simulation_id`` from the stream, ``record_key`` from the producer's id and
 sequence number, ``agent_states.id`` from the simulation, agent and step). The producer checks
-field *names* on the simulation thread (cheap); the consumer checks *types* before writing, and
-an entry that fails goes to ``dead_letters`` with the reason.
+field *names* on the simulation thread (cheap). The consumer checks what no column can take:
+a required field missing, a map or list in a scalar column, an int past 64 bits, a bool field
+that is not 0/1. It does not reject a value for its Python type: the database stores it as the
+reference's own path would (SQLite's column affinity; on PostgreSQL, a lossless conversion in the
+sink). A record that fails goes to ``dead_letters`` with the reason.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from sqlalchemy import Table
 from common import schema
 from common.errors import RecordError
 
+# What a field's column holds; only JSON and BOOL change how a value is checked.
 STR = (str,)
 INT = (int,)
 FLOAT = (float, int)
 BOOL = (bool, int)
 JSON_VALUE = (dict, list)
+_SCALAR_CLASSES = frozenset({str, int, float, bool, bytes})
+_INT64 = range(-2**63, 2**63)
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,8 @@ the order the simulation gave them, which msgpack preserves).
             )
 
     def to_row(self, simulation_id: str, record_key: str, fields: Mapping[str, Any]) -> dict:
-        """The complete table row for a record, or RecordError naming the first bad field."""
+        """The complete table row for a record, or RecordError naming the first field no column
+        can take (see the module docstring: types are the database's business, not this one's)."""
         if not isinstance(fields, Mapping):
             raise RecordError(f"{self.name}: fields must be a map, got {type(fields).__name__}")
         if not fields.keys() <= self.allowed:
@@ -106,14 +113,21 @@ the order the simulation gave them, which msgpack preserves).
                 if required:
                     raise RecordError(f"{self.name}: field {name!r} is required")
                 value = default
-            # A bool is wrong where a number is wanted; where a bool is wanted, an int must be 0 or 1.
-            elif not isinstance(value, types) or (
-                    (value.__class__ is bool) is not bool_field and (not bool_field or value not in (0, 1))):
-                raise _type_error(self.name, name, types, value)
+            elif types is JSON_VALUE:
+                pass  # any JSON value: the sink encodes it, and a value JSON cannot hold fails there
+            elif value.__class__ not in _SCALAR_CLASSES:
+                raise _value_error(self.name, name, value, "a single value (text, number or bool)")
+            elif bool_field and value.__class__ is not bool and value not in (0, 1):
+                raise _value_error(self.name, name, value, "a bool (or 0/1)")
+            elif value.__class__ is int and value not in _INT64:
+                raise _value_error(self.name, name, value, "an integer of at most 64 bits")
             row[name] = value
         for column in self.json_text:
             if row[column] is not None:
-                row[column] = _json_text(row[column])
+                try:
+                    row[column] = _json_text(row[column])
+                except (TypeError, ValueError, RecursionError) as exc:
+                    raise _value_error(self.name, column, row[column], f"a JSON value ({exc})") from None
         if self.keyed_by_record:
             row["record_key"] = record_key
         if self.derive is not None:
@@ -126,9 +140,8 @@ _json_text = json.JSONEncoder().encode
 encoder per call."""
 
 
-def _type_error(kind: str, name: str, types: tuple[type, ...], value: Any) -> RecordError:
-    expected = "bool (or 0/1)" if bool in types else "/".join(t.__name__ for t in types)
-    return RecordError(f"{kind}: field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}")
+def _value_error(kind: str, name: str, value: Any, expected: str) -> RecordError:
+    return RecordError(f"{kind}: field {name!r} must be {expected}; got {type(value).__name__} {value!r:.60}")
 
 
 def _agent_state_id(simulation_id: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +150,7 @@ def _agent_state_id(simulation_id: str, row: dict[str, Any]) -> dict[str, Any]:
 
 _METRICS = (
     opt("total_agents", INT), opt("births", INT), opt("deaths", INT),
-    opt("current_max_generation", INT), opt("average_agent_age", FLOAT),
+    opt("current_max_generation", INT), opt("average_agent_age", INT),
     opt("agent_type_counts", JSON_VALUE), opt("total_resources", FLOAT),
     opt("average_agent_resources", FLOAT), opt("resource_efficiency", FLOAT),
     opt("resource_distribution_entropy", FLOAT), opt("average_agent_health", FLOAT),
@@ -153,15 +166,15 @@ METRIC_NAMES = tuple(spec.name for spec in _METRICS)
 
 KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
     RecordKind(
-        "simulation", schema.simulations,
+        "simulation", schema.simstream_simulations,
         (opt("experiment_id", STR), opt("start_time", FLOAT), opt("status", STR, "running"),
-         opt("parameters", JSON_VALUE), opt("simulation_db_path", STR)),
+         opt("parameters", JSON_VALUE), opt("simulation_db_path", STR), opt("layout", STR)),
         # A resumed producer (a second start record) fills what is missing, never blanks it.
-        merge_columns=("experiment_id", "start_time", "parameters", "simulation_db_path"),
-        keep_existing=("status", "experiment_id", "start_time", "parameters", "simulation_db_path"),
+        merge_columns=("experiment_id", "start_time", "parameters", "simulation_db_path", "layout"),
+        keep_existing=("status", "experiment_id", "start_time", "parameters", "simulation_db_path", "layout"),
     ),
     RecordKind(
-        "simulation_end", schema.simulations,
+        "simulation_end", schema.simstream_simulations,
         (req("end_time", FLOAT), opt("status", STR, "completed"),
          opt("results_summary", JSON_VALUE)),
         merge_columns=("end_time", "status", "results_summary"),
@@ -182,6 +195,11 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
         merge_columns=("death_time",),
     ),
     RecordKind(
+        # A rolled-back agent: its row is removed, now and if it commits later (see the sink).
+        "agent_retraction", schema.retracted_agents,
+        (req("agent_id", STR),),
+    ),
+    RecordKind(
         "agent_state", schema.agent_states,
         (req("step_number", INT), req("agent_id", STR), req("position_x", FLOAT),
          req("position_y", FLOAT), opt("position_z", FLOAT), req("resource_level", FLOAT),
@@ -192,7 +210,7 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
     ),
     RecordKind(
         "resource_state", schema.resource_states,
-        (req("step_number", INT), req("resource_id", INT), req("amount", FLOAT),
+        (req("step_number", INT), req("resource_id", STR), req("amount", FLOAT),
          req("position_x", FLOAT), req("position_y", FLOAT)),
         keyed_by_record=True,
     ),
@@ -209,6 +227,14 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
     ),
     RecordKind(
         "health_incident", schema.health_incidents,
+        (req("step_number", INT), req("agent_id", STR), req("health_before", FLOAT),
+         req("health_after", FLOAT), req("cause", STR), opt("details", JSON_VALUE)),
+        keyed_by_record=True, json_text=("details",),
+    ),
+    RecordKind(
+        # The health_incidents row of a death (update_agent_death); the agentfarm layout leaves
+        # its simulation_id NULL, as the reference's own update_agent_death does.
+        "death_incident", schema.health_incidents,
         (req("step_number", INT), req("agent_id", STR), req("health_before", FLOAT),
          req("health_after", FLOAT), req("cause", STR), opt("details", JSON_VALUE)),
         keyed_by_record=True, json_text=("details",),

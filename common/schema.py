@@ -1,11 +1,19 @@
 """The SQL schema: the reference simulation's tables and columns, as SQLAlchemy 2 Core tables.
 
-Table and column names are the reference simulation's, so its analysis code reads a simstream
-database unchanged. Two deliberate additions make an at-least-once feed idempotent:
+This is the ``standalone`` layout: many simulations in one database (SQLite or PostgreSQL). Table
+and column names and types are the reference simulation's, so its analysis code reads a simstream
+database unchanged. Deliberate differences make an at-least-once feed idempotent and let one
+database hold many simulations:
 
 - tables without a natural key (actions, resource states, health incidents, interactions,
   reproduction events) carry ``record_key``, unique: the producer's id and sequence number;
-- ``agents`` is keyed on (simulation_id, agent_id), so one database can hold many simulations.
+- ``agents`` is keyed on (simulation_id, agent_id);
+- simstream's own bookkeeping lives in tables with simstream's names: ``simstream_simulations``
+  (lifecycle: start, end, status), ``simstream_retracted_agents`` (rolled-back agents) and
+  ``dead_letters``. The reference's ``simulations`` table belongs to the simulation.
+
+The ``agentfarm`` layout (one simulation per file, the reference's exact schema) is in
+:mod:`common.agentfarm_schema`.
 
 No foreign keys: rows of one simulation may commit out of order across consumers (a state before
 its agent), and none may be rejected for that.
@@ -26,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -35,8 +44,8 @@ def _record_key() -> Column:
     return Column("record_key", String(64), nullable=False, unique=True)
 
 
-simulations = Table(
-    "simulations", metadata,
+simstream_simulations = Table(
+    "simstream_simulations", metadata,
     Column("simulation_id", String(200), primary_key=True),
     Column("experiment_id", String(200)),
     Column("start_time", Float),
@@ -45,6 +54,7 @@ simulations = Table(
     Column("parameters", JSON),
     Column("results_summary", JSON),
     Column("simulation_db_path", String(500)),
+    Column("layout", String(20)),
 )
 
 agents = Table(
@@ -86,7 +96,7 @@ resource_states = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("simulation_id", String(200), index=True),
     Column("step_number", Integer),
-    Column("resource_id", Integer),
+    Column("resource_id", String(64)),
     Column("amount", Float),
     Column("position_x", Float),
     Column("position_y", Float),
@@ -101,7 +111,9 @@ simulation_steps = Table(
     Column("births", Integer),
     Column("deaths", Integer),
     Column("current_max_generation", Integer),
-    Column("average_agent_age", Float),
+    # As the reference: an INTEGER column on SQLite, whose affinity keeps a fractional age as REAL;
+    # a floating-point one on PostgreSQL, which would otherwise round it.
+    Column("average_agent_age", Integer().with_variant(Float, "postgresql")),
     Column("agent_type_counts", JSON),
     Column("total_resources", Float),
     Column("average_agent_resources", Float),
@@ -176,6 +188,12 @@ reproduction_events = Table(
     _record_key(),
 )
 
+retracted_agents = Table(
+    "simstream_retracted_agents", metadata,
+    Column("simulation_id", String(200), primary_key=True),
+    Column("agent_id", String(200), primary_key=True),
+)
+
 dead_letters = Table(
     "dead_letters", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -186,13 +204,16 @@ dead_letters = Table(
     Column("error", Text, nullable=False),
     Column("delivery_count", Integer),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("stream", "entry_id", name="uq_dead_letters_entry"),
+    # Which record of the entry (0 while an entry holds one record): several dead letters may come
+    # from one entry. Added in place to older databases by common.connections.ensure_schema.
+    Column("entry_index", Integer, nullable=False, server_default=text("0")),
+    UniqueConstraint("stream", "entry_id", "entry_index", name="uq_dead_letters_record"),
 )
 
 Index("ix_agents_simulation", agents.c.simulation_id)
 
 DATA_TABLES = (
-    simulations, agents, agent_states, resource_states, simulation_steps,
+    simstream_simulations, agents, agent_states, resource_states, simulation_steps,
     agent_actions, health_incidents, interactions, reproduction_events,
 )
-"""Tables that hold the simulation's records (every table but ``dead_letters``)."""
+"""Tables that hold the simulation's records (every table but ``dead_letters`` and the retractions)."""

@@ -27,6 +27,12 @@ ENV_DB_URL = "SIMSTREAM_DB_URL"
 ENV_NAMESPACE = "SIMSTREAM_NAMESPACE"
 ENV_GROUP = "SIMSTREAM_GROUP"
 ENV_JOURNAL_DIR = "SIMSTREAM_JOURNAL_DIR"
+ENV_ABANDONED_AFTER_S = "SIMSTREAM_ABANDONED_AFTER_S"
+ENV_WAIT_FOR_SIMULATION_S = "SIMSTREAM_WAIT_FOR_SIMULATION_S"
+DEFAULT_ABANDONED_AFTER_S = 180.0
+"""A running simulation whose producer has not been heard from for this long is ``abandoned``."""
+DEFAULT_WAIT_FOR_SIMULATION_S = 60.0
+"""How long ``consume --drain`` waits for a first simulation when none exists yet."""
 DEFAULT_JOURNAL_DIR = ".simstream-journal"
 BACKPRESSURE_POLICIES = ("spill", "slow")
 
@@ -103,9 +109,20 @@ def _require_positive(owner: object, *names: str) -> None:
             raise ConfigurationError(f"{name} must be > 0, got {value!r}")
 
 
+def _env_seconds(name: str) -> float | None:
+    """A duration in seconds from environment variable ``name``; None if unset or empty."""
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number of seconds") from None
+
+
 def _env_overrides(cls: type[T], env: dict[str, str], explicit: dict[str, Any]) -> T:
     """Build ``cls`` from environment values, then explicit values that are not None."""
-    values = {key: value for key, value in env.items() if value}
+    values = {key: value for key, value in env.items() if value is not None and value != ""}
     values.update({key: value for key, value in explicit.items() if value is not None})
     return cls(**values)
 
@@ -118,10 +135,18 @@ class ProducerSettings:
     stays bounded, nothing is dropped); the journal is retried every ``journal_retry_interval_s``.
     Past ``high_water_records`` of unpersisted backlog, ``backpressure`` decides: ``"spill"`` to
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
-    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``.
+    backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``. ``layout``:
+    the tables consumers write this simulation's rows into (see :mod:`common.layouts`).
     ``replay_earlier_journals``: a journal an earlier producer of the same simulation left in
     ``journal_dir`` is replayed into this run (True, with a warning naming it) or left on disk
     for ``simstream replay-journal`` (False, with a warning saying so).
+
+    ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
+    consumers'); ``persist_timeout_s`` bounds ``flush_all_buffers(wait_persisted=True)``;
+    ``group_wait_s`` is how long after its first batch reached Redis a producer still waits for
+    consumers to create their group (they look for new streams every second) before saying there
+    is none. ``heartbeat_interval_s``: the sender refreshes the simulation's heartbeat with every
+    batch and at least this often while idle (see ``simstream status``, state ``abandoned``).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -139,12 +164,24 @@ class ProducerSettings:
     high_water_records: int = 1_000_000
     low_water_records: int = 800_000
     throttle_sleep_s: float = 0.001
+    group: str = DEFAULT_GROUP
+    persist_timeout_s: float = 60.0
+    group_wait_s: float = 3.0
+    heartbeat_interval_s: float = 5.0
+    layout: str = "standalone"
 
     def __post_init__(self) -> None:
+        from common.layouts import layout_named  # the table definitions are not needed to read settings
+
         validate_redis_url(self.redis_url)
+        layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
-                          "low_water_records", "throttle_sleep_s")
+                          "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s")
+        if self.group_wait_s < 0:
+            raise ConfigurationError(f"group_wait_s must be >= 0, got {self.group_wait_s!r}")
+        if not self.group:
+            raise ConfigurationError("group must not be empty (set it or SIMSTREAM_GROUP)")
         if self.backpressure not in BACKPRESSURE_POLICIES:
             raise ConfigurationError(f"backpressure must be one of {BACKPRESSURE_POLICIES}, got {self.backpressure!r}")
         if self.low_water_records > self.high_water_records:
@@ -155,7 +192,8 @@ class ProducerSettings:
         """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
-               "journal_dir": os.environ.get(ENV_JOURNAL_DIR, "")}
+               "journal_dir": os.environ.get(ENV_JOURNAL_DIR, ""),
+               "group": os.environ.get(ENV_GROUP, "")}
         return _env_overrides(cls, env, explicit)
 
 
@@ -164,7 +202,10 @@ class ConsumerSettings:
     """How a consumer process reads, persists and acknowledges.
 
     ``claim_idle_ms``: entries another consumer has held this long are claimed (XAUTOCLAIM).
-    ``drain``: exit 0 once every known simulation is complete and fully persisted.
+    ``drain``: exit 0 once every known simulation is complete (or abandoned) and fully persisted;
+    started before any simulation exists, wait up to ``wait_for_simulation_s`` for the first one.
+    ``abandoned_after_s``: a simulation that is not complete and whose producer has not been heard
+    from for this long (its heartbeat, else its newest entry) is abandoned.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -179,12 +220,16 @@ class ConsumerSettings:
     max_deliveries: int = 10
     trim_interval_ms: int = 1_000
     drain: bool = False
+    abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
+    wait_for_simulation_s: float = DEFAULT_WAIT_FOR_SIMULATION_S
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url)
         validate_db_url(self.db_url)
         _require_positive(self, "batch_size", "block_ms", "claim_interval_ms",
-                          "discover_interval_ms", "max_deliveries", "trim_interval_ms")
+                          "discover_interval_ms", "max_deliveries", "trim_interval_ms", "abandoned_after_s")
+        if self.wait_for_simulation_s < 0:
+            raise ConfigurationError(f"wait_for_simulation_s must be >= 0, got {self.wait_for_simulation_s!r}")
         if self.claim_idle_ms < 0:
             raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
 
@@ -194,7 +239,9 @@ class ConsumerSettings:
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
                "db_url": os.environ.get(ENV_DB_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
-               "group": os.environ.get(ENV_GROUP, "")}
+               "group": os.environ.get(ENV_GROUP, ""),
+               "abandoned_after_s": _env_seconds(ENV_ABANDONED_AFTER_S),
+               "wait_for_simulation_s": _env_seconds(ENV_WAIT_FOR_SIMULATION_S)}
         return _env_overrides(cls, env, explicit)
 
     def replace(self, **changes: Any) -> ConsumerSettings:

@@ -63,7 +63,7 @@ def step_records(mix: Mix, step: int) -> list[tuple[str, dict[str, Any]]]:
             "is_defending": a % 3 == 0, "total_reward": step * 0.25, "age": step}))
     for r in range(mix.resources):
         records.append(("resource_state", {
-            "step_number": step, "resource_id": r, "amount": 50.0 + math.sin(step + r),
+            "step_number": step, "resource_id": f"resource_{r}", "amount": 50.0 + math.sin(step + r),
             "position_x": float(r * 5), "position_y": float(r * 3)}))
     records.append(("simulation_step", {
         "step_number": step, "total_agents": mix.agents, "births": 0, "deaths": 0,

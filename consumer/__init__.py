@@ -2,7 +2,8 @@
 
 from consumer.health import HealthThresholds, verdict
 from consumer.inspect import StreamStatus, all_statuses, stream_status
-from consumer.sink import Sink, SinkPool, WriteResult
+from consumer.sink import Sink, WriteResult
+from consumer.sink_pool import SinkPool
 from consumer.supervisor import Supervisor
 from consumer.worker import Worker, consumer_name
 

@@ -23,8 +23,10 @@ from common.connections import (check_redis, check_sink_template, create_sink_en
 from common.embedded_redis import EmbeddedRedis
 from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.keys import Keys
-from common.settings import (DEFAULT_DB_URL, DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE,
-                             ENV_REDIS_URL, ConsumerSettings, is_per_simulation, normalize_db_url, validate_db_url)
+from common.settings import (DEFAULT_ABANDONED_AFTER_S, DEFAULT_DB_URL, DEFAULT_GROUP, DEFAULT_NAMESPACE,
+                             ENV_ABANDONED_AFTER_S, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE, ENV_REDIS_URL,
+                             ENV_WAIT_FOR_SIMULATION_S, ConsumerSettings, is_per_simulation, normalize_db_url,
+                             validate_db_url)
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,14 @@ db_option = click.option("--db", envvar=ENV_DB_URL, default=None,
 
 group_option = click.option("--group", envvar=ENV_GROUP, default=DEFAULT_GROUP, show_default=True,
                             help=f"Consumer group name (env {ENV_GROUP}).")
+
+
+def abandoned_option(default):
+    return click.option("--abandoned-after-s", type=click.FloatRange(min=0, min_open=True), default=default,
+                        envvar=ENV_ABANDONED_AFTER_S, show_default=default is not None,
+                        help="A simulation not complete whose producer has not been heard from for this long "
+                             f"is abandoned: shown so by status, not waited for by --drain (env {ENV_ABANDONED_AFTER_S}"
+                             + ("" if default else f"; default {DEFAULT_ABANDONED_AFTER_S:g}") + ").")
 
 
 def _log_options(command):
@@ -77,7 +87,13 @@ def cli() -> None:
 @click.option("--max-deliveries", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.max_deliveries,
               show_default=True,
               help="Dead-letter an entry delivered more times than this.")
-@click.option("--drain", is_flag=True, help="Exit 0 once every known simulation is complete and persisted.")
+@click.option("--drain", is_flag=True,
+              help="Exit 0 once every known simulation is complete (or abandoned) and persisted.")
+@click.option("--wait-for-simulation-s", type=click.FloatRange(min=0), default=None,
+              envvar=ENV_WAIT_FOR_SIMULATION_S,
+              help="With --drain and no simulation yet: wait this long for one, then exit 1 (env "
+                   f"{ENV_WAIT_FOR_SIMULATION_S}; default 60; 0: do not wait, nothing to drain exits 0).")
+@abandoned_option(None)
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="With --drain: show records persisted of logged (a bar on a terminal, else lines).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="SIMSTREAM_METRICS_PORT",
@@ -87,8 +103,8 @@ def cli() -> None:
               help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
 @_log_options
 def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, claim_idle_ms,
-            claim_interval_ms, max_deliveries, drain, progress, metrics_port, metrics_host, log_level,
-            log_json) -> None:
+            claim_interval_ms, max_deliveries, drain, wait_for_simulation_s, abandoned_after_s, progress,
+            metrics_port, metrics_host, log_level, log_json) -> None:
     """Run consumer processes that persist every simulation stream to SQL."""
     from consumer.supervisor import Supervisor
 
@@ -96,7 +112,8 @@ def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, cl
     settings = ConsumerSettings.from_env(
         redis_url=redis_url, db_url=normalize_db_url(db) if db else None, namespace=namespace,
         group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
-        claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain)
+        claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain,
+        wait_for_simulation_s=wait_for_simulation_s, abandoned_after_s=abandoned_after_s)
     preflight(settings)
     supervisor = Supervisor(settings, processes, log_level, log_json, metrics_port=metrics_port,
                             metrics_host=metrics_host, progress=progress)
@@ -132,10 +149,12 @@ def preflight(settings: ConsumerSettings) -> None:
 @click.option("--claim-idle-ms", type=click.IntRange(0), default=60_000, show_default=True,
               help="The consumers' --claim-idle-ms: a pending entry idle this long plus "
                    "--stuck-after-ms and not claimed is 'stuck'.")
+@abandoned_option(DEFAULT_ABANDONED_AFTER_S)
 def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stuck_after_ms,
-           claim_idle_ms) -> None:
-    """Show every simulation stream: length, persisted, lag, pending, consumers, dead letters,
-    completion, and a health verdict: ok, lagging, stuck or dead-letters (see the README).
+           claim_idle_ms, abandoned_after_s) -> None:
+    """Show every simulation stream: state (running, complete, drained, abandoned, removed), length,
+    persisted, lag, pending, consumers, dead letters, and a health verdict: ok, lagging, stuck or
+    dead-letters (see the README).
     """
     from consumer.health import HealthThresholds
     from consumer.status_view import print_report, status_report, watch
@@ -143,7 +162,7 @@ def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stu
     settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace, group=group)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
-    thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms)
+    thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms, abandoned_after_s)
     db_url = normalize_db_url(db) if db else None
 
     def build() -> dict:

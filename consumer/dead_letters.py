@@ -1,9 +1,11 @@
 """Inspecting and re-driving dead letters (``simstream dlq list|retry|purge``).
 
-A retry puts the original payload back into its simulation's stream, then deletes the dead
-letter. A crash in between re-drives it twice, which the idempotent sink absorbs. A payload that
-is still bad simply comes back as a new dead letter. A simulation whose stream was already
-removed as finished gets its stream back, marked complete, so consumers finish it again.
+A retry puts each dead letter's payload (one record) back into its simulation's stream as an
+entry of its own, then deletes the dead letter. A crash in between re-drives it twice, which the
+idempotent sink absorbs. The sink isolates failures per record, so a record that is still bad
+comes back as a dead letter alone, and the re-driven records read in the same batch are persisted.
+A simulation whose stream was already removed as finished gets its stream back, marked complete,
+so consumers finish it again.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine, delete, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.codec import ENTRY_FIELD
 from common.keys import Keys
-from common.schema import dead_letters
+from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
+from common.schema import dead_letters, simstream_simulations
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ def list_dead_letters(engine: Engine, simulation_id: str | None = None, limit: i
 
 def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulation_id: str | None = None,
                        ids: tuple[int, ...] = ()) -> RetryResult:
-    """Put dead letters' payloads back into their streams and delete them from the table."""
+    """Put each dead letter's payload back into its stream as its own entry, and delete it from
+    the table."""
     with engine.connect() as connection:
         if not _has_table(connection):
             return RetryResult(0, 0)
@@ -67,16 +72,27 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
         meta = keys.meta(row.simulation_id)
         was_removed = not client.exists(meta)
         pipe = client.pipeline(transaction=False)
+        if was_removed:  # the layout before the entry: consumers wait for a layout, never guess it
+            pipe.hset(meta, mapping={LAYOUT_FIELD: _layout_of(engine, row.simulation_id), "complete": 1})
         pipe.xadd(keys.stream(row.simulation_id), {ENTRY_FIELD: row.raw})
         pipe.sadd(keys.registry, row.simulation_id)
-        if was_removed:
-            pipe.hset(meta, "complete", 1)
         pipe.execute()
         redriven.append(row.id)
     if redriven:
         with engine.begin() as connection:
             connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(redriven)))
     return RetryResult(len(redriven), skipped)
+
+
+def _layout_of(engine: Engine, simulation_id: str) -> str:
+    """The layout the simulation's start record announced, as its lifecycle row keeps it."""
+    table = simstream_simulations
+    try:
+        with engine.connect() as connection:
+            layout = connection.execute(select(table.c.layout).where(table.c.simulation_id == simulation_id)).scalar()
+    except SQLAlchemyError:
+        layout = None  # a database made before layouts: everything in it is standalone
+    return layout or STANDALONE
 
 
 def purge_dead_letters(engine: Engine, simulation_id: str | None = None, ids: tuple[int, ...] = ()) -> int:

@@ -5,6 +5,9 @@ plus entries delivered and not acknowledged (pending). A consumer is *active* wh
 within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen at least every
 ``block_ms``. The verdict is the first of these that holds:
 
+``sink-unusable``
+    a worker found the simulation's database unable to take its rows (a table of another shape,
+    a layout the database cannot hold); the reason is shown, and the entries wait in Redis.
 ``stuck``
     backlog > 0, and either no consumer is active, or the oldest pending entry has been idle
     longer than ``claim_idle_ms + stuck_after_ms`` (it became claimable and nobody claimed it).
@@ -16,6 +19,8 @@ within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen
     none of the above.
 
 The verdict reads one snapshot; the trend of the backlog shows in ``status --watch``.
+Whether a simulation is ``abandoned`` (its producer stopped without completing it) is its state,
+not a health verdict: ``abandoned_after_s`` is where it begins (:meth:`StreamStatus.abandoned`).
 Dead letters live in SQL: without a reachable database their count is unknown (None) and the
 verdict cannot be ``dead-letters``.
 """
@@ -31,24 +36,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import schema
-from common.settings import SIMULATION_ID_PLACEHOLDER, is_per_simulation
+from common.settings import DEFAULT_ABANDONED_AFTER_S, SIMULATION_ID_PLACEHOLDER, is_per_simulation
 from consumer.inspect import StreamStatus
 
 log = logging.getLogger(__name__)
 
-OK, LAGGING, STUCK, DEAD_LETTERS = "ok", "lagging", "stuck", "dead-letters"
-VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS)
+OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE = "ok", "lagging", "stuck", "dead-letters", "sink-unusable"
+VERDICTS = (OK, LAGGING, STUCK, DEAD_LETTERS, SINK_UNUSABLE)
 
 _DB_CONNECT_TIMEOUT_S = 3
 
 
 @dataclass(frozen=True)
 class HealthThresholds:
-    """Where ``lagging`` and ``stuck`` begin (see the module docstring)."""
+    """Where ``lagging`` and ``stuck`` begin (see the module docstring), and the state ``abandoned``."""
 
     lag_threshold: int = 10_000
     stuck_after_ms: int = 30_000
     claim_idle_ms: int = 60_000
+    abandoned_after_s: float = DEFAULT_ABANDONED_AFTER_S
 
 
 def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list[dict]:
@@ -57,7 +63,10 @@ def active_consumers(status: StreamStatus, thresholds: HealthThresholds) -> list
 
 
 def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthThresholds) -> str:
-    """The one-word health of ``status``: stuck, dead-letters, lagging or ok (in that precedence)."""
+    """The one-word health of ``status``: sink-unusable, stuck, dead-letters, lagging or ok (in that
+    precedence)."""
+    if status.sink_problem:
+        return SINK_UNUSABLE
     if status.backlog > 0 and _stuck(status, thresholds):
         return STUCK
     if dead_letters:

@@ -1,4 +1,6 @@
-"""What Redis knows about each simulation stream: length, lag, pending, consumers, completion.
+"""What Redis knows about each simulation stream: length, lag, pending, consumers, completion,
+and how long since its producer was last heard from (``producer_idle_ms``, see
+:mod:`common.heartbeat`), by which a simulation that is not complete is judged abandoned.
 
 Used by ``simstream status``, by ``consume --drain`` to decide it may exit, and by the demo's
 progress display. Works on Redis 6.2, whose XINFO GROUPS has no ``lag``: it is computed here.
@@ -11,6 +13,7 @@ from typing import Any
 
 import redis
 
+from common.heartbeat import producer_idle_ms, server_time_ms
 from common.keys import Keys
 
 _LAG_COUNT_CAP = 1_000_000
@@ -54,6 +57,8 @@ class StreamStatus:
     oldest_pending_id: str | None = None
     oldest_pending_idle_ms: int | None = None
     oldest_pending_age_ms: int | None = None
+    producer_idle_ms: int | None = None
+    sink_problem: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -69,6 +74,16 @@ class StreamStatus:
     def drained(self) -> bool:
         """The simulation is complete and every record it sent is persisted."""
         return self.complete and self.persisted_all
+
+    def abandoned(self, after_ms: float) -> bool:
+        """Not complete, and its producer not heard from (heartbeat, else newest entry) for longer
+        than ``after_ms``. Reversible: a producer or a journal replay that comes back refreshes
+        the heartbeat."""
+        return not self.complete and self.producer_idle_ms is not None and self.producer_idle_ms > after_ms
+
+    def settled(self, abandoned_after_ms: float) -> bool:
+        """Nothing more to wait for: drained, or abandoned with everything it sent persisted."""
+        return self.drained or (self.persisted_all and self.abandoned(abandoned_after_ms))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view, with the derived flags."""
@@ -91,10 +106,12 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     status = StreamStatus(simulation_id, keys.stream(simulation_id))
     meta = text_dict(client.hgetall(keys.meta(simulation_id)))
     status.complete = meta.get("complete") == "1"
+    status.sink_problem = meta.get("sink_problem")  # a worker found the simulation's database unusable
     status.logged = sum(int(value) for name, value in meta.items() if name.startswith("seq:"))
     try:
         info = text_dict(client.xinfo_stream(status.stream))
     except redis.ResponseError:
+        _fill_producer_idle(client, keys, status, meta)
         return status  # no such stream (yet, or any more)
     status.exists = True
     status.length = int(info["length"])
@@ -109,7 +126,22 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     if not status.group_exists:
         status.lag = status.length  # no consumer has created the group yet: nothing was delivered
     status.acknowledged = max(0, status.entries_added - status.backlog)
+    _fill_producer_idle(client, keys, status, meta)
     return status
+
+
+def _fill_producer_idle(client: redis.Redis, keys: Keys, status: StreamStatus, meta: dict[str, Any]) -> None:
+    """How long since the producer was heard from, by the clock of the node holding the heartbeat
+    (only asked while the simulation is not complete: afterwards it cannot be abandoned)."""
+    if status.complete:
+        return
+    meta_key = keys.meta(status.simulation_id)
+    try:
+        now_ms = server_time_ms(client, meta_key)
+    except redis.ResponseError:  # scripts not allowed (a restricted user): the server's TIME
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+    status.producer_idle_ms = producer_idle_ms(meta, status.last_generated_id, now_ms)
 
 
 def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dict[str, Any],

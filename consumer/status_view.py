@@ -25,12 +25,16 @@ from consumer.health import HealthThresholds, dead_letter_counts, verdict
 from consumer.inspect import StreamStatus, all_statuses
 
 _PLAIN_WIDTH = 200  # not a terminal (a file, a pipe): room for every column rather than 80
-_HEALTH_STYLE = {"ok": "green", "lagging": "yellow", "stuck": "bold red", "dead-letters": "red"}
+_STATE_STYLE = {"abandoned": "yellow"}
+_HEALTH_STYLE = {"ok": "green", "lagging": "yellow", "stuck": "bold red", "dead-letters": "red",
+                 "sink-unusable": "bold red"}
 
 
-def _state(status: StreamStatus) -> str:
+def _state(status: StreamStatus, thresholds: HealthThresholds) -> str:
     if not status.exists and status.complete:
         return "removed"
+    if status.abandoned(thresholds.abandoned_after_s * 1000):
+        return "abandoned"
     return "drained" if status.drained else ("complete" if status.complete else "running")
 
 
@@ -48,7 +52,8 @@ def status_report(client: redis.Redis, keys: Keys, group: str, db_url: str | Non
     streams = []
     for status in statuses:
         count = None if letters is None else letters.get(status.simulation_id, 0)
-        streams.append({**status.as_dict(), "state": _state(status), "dead_letters": count,
+        streams.append({**status.as_dict(), "state": _state(status, thresholds),
+                        "abandoned": status.abandoned(thresholds.abandoned_after_s * 1000), "dead_letters": count,
                         "health": verdict(status, count, thresholds)})
     return {"group": group, "dead_letters_known": letters is not None,
             "thresholds": asdict(thresholds), "streams": streams}
@@ -83,12 +88,14 @@ def render_report(report: dict[str, Any]) -> RenderableType:
                          no_wrap=column in ("simulation", "health", "consumers"))
     for s in report["streams"]:
         letters = "unknown" if s["dead_letters"] is None else str(s["dead_letters"])
-        table.add_row(s["simulation_id"], s["state"], Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
+        table.add_row(s["simulation_id"], Text(s["state"], style=_STATE_STYLE.get(s["state"], "")),
+                      Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
                       str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
                       _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
-    if report["dead_letters_known"]:
-        return table
-    return Group(table, Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
+    notes = [Text(f"{s['simulation_id']}: {s['sink_problem']}") for s in report["streams"] if s.get("sink_problem")]
+    if not report["dead_letters_known"]:
+        notes.append(Text("dead letters: unknown (no reachable database: give --db or SIMSTREAM_DB_URL)"))
+    return Group(table, *notes) if notes else table
 
 
 def make_console() -> Console:

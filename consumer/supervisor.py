@@ -4,6 +4,11 @@ Each worker gets a fixed slot (0..N-1) and so a stable consumer name: a worker r
 crash replays the entries its predecessor held. A worker that exits 0 (stopped, or drained) is
 not restarted. The supervisor exits 0 only if every worker finished with 0.
 
+With ``--drain`` and no simulation registered yet, the supervisor first waits up to
+``wait_for_simulation_s`` for one (a drain started before its simulation), then starts the
+workers; if none comes it raises NoSimulation (the CLI prints one line and exits 1). With
+``wait_for_simulation_s=0`` it does not wait: nothing registered is nothing to drain (exit 0).
+
 The supervisor also owns the run's metrics folder (workers count into it, see
 :mod:`consumer.metrics`), serves ``/metrics`` when given a port, shows ``--drain`` progress read
 from Redis, and logs one ``supervisor.summary`` line for the whole run when it exits. While it
@@ -23,7 +28,10 @@ import time
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
-from common.errors import ExitCode
+import redis
+
+from common.errors import ExitCode, NoSimulation
+from common.keys import Keys
 from common.settings import ConsumerSettings
 from consumer.logs import forward_logs
 from consumer.metrics import MetricsDir
@@ -61,8 +69,13 @@ class Supervisor:
         self._log_queue = None  # workers' log lines, while a progress bar is drawn on the terminal
 
     def run(self) -> int:
-        """Start the workers and watch them; returns the exit code for the whole group."""
+        """Start the workers and watch them; returns the exit code for the whole group.
+
+        With ``drain``, first waits for a simulation to exist (see the module docstring).
+        """
         self._install_signal_handlers()
+        if self.settings.drain and self.settings.wait_for_simulation_s > 0 and not self._wait_for_simulation():
+            return ExitCode.OK  # stopped while waiting: nothing was started
         if self.progress and self.settings.drain and sys.stdout.isatty():
             self._log_queue = self._context.Queue()
         metrics_dir = MetricsDir()
@@ -78,6 +91,40 @@ class Supervisor:
                 observer()
             self._log_summary(metrics_dir)
             metrics_dir.close()
+
+    def _wait_for_simulation(self) -> bool:
+        """True once a simulation is registered; False if a stop was requested first.
+
+        Raises NoSimulation if none is registered within ``wait_for_simulation_s``.
+        """
+        from common.connections import redis_client
+
+        registry = Keys(self.settings.namespace).registry
+        deadline = time.monotonic() + self.settings.wait_for_simulation_s
+        client = redis_client(self.settings.redis_url, socket_timeout_s=5.0)
+        waiting = warned = False
+        try:
+            while True:
+                try:
+                    if client.scard(registry):
+                        return True
+                except redis.RedisError as exc:
+                    if not warned:
+                        log.warning("supervisor.registry_unreadable error=%s", exc)
+                    warned = True
+                if time.monotonic() >= deadline:
+                    raise NoSimulation(
+                        f"no simulation appeared in namespace {self.settings.namespace!r} within "
+                        f"{self.settings.wait_for_simulation_s:g}s (--wait-for-simulation-s); is its producer "
+                        "running, on this Redis and namespace?")
+                if not waiting:
+                    waiting = True
+                    log.info("supervisor.waiting_for_simulation namespace=%s timeout_s=%g",
+                             self.settings.namespace, self.settings.wait_for_simulation_s)
+                if self._stop.wait(0.2):
+                    return False
+        finally:
+            client.close()
 
     def restarts_by_consumer(self) -> dict[str, int]:
         """How often each worker slot was restarted after a crash, by consumer name."""

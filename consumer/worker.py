@@ -25,19 +25,25 @@ from common import faults
 from common.connections import is_cluster, redis_client
 from common.errors import DatabaseUnavailable, ExitCode, GroupMissing, SimstreamError, TransientError
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
+from common.schema_setup import SchemaUnusable
 from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
 from consumer.inspect import simulation_ids, stream_status
 from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
-from consumer.sink import DeadLetter, SinkPool
+from consumer.sink import DeadLetter
+from consumer.sink_pool import SinkPool
 from consumer.stream_reader import Entry, StreamReader
 
 log = logging.getLogger(__name__)
 
 _DB_RETRY_S = 30.0
 _TRANSIENT_PAUSE_MAX_S = 5.0
+_UNUSABLE_RETRY_S = 10.0
+SINK_PROBLEM_FIELD = "sink_problem"
+"""Meta hash field where a worker says why a simulation's database cannot take its rows."""
 
 
 def consumer_name(slot: int) -> str:
@@ -52,6 +58,12 @@ class _StreamState:
     replay_after: bytes | None = b"0"  # not None: own pending entries still to replay from here
     claim_cursor: bytes = b"0-0"
     gone_ids: list[bytes] = field(default_factory=list)  # deleted entries not yet dead-lettered
+    layout: str | None = None  # announced by the producer in the meta hash (common.layouts)
+    blocked_until: float = 0.0  # its database cannot take its rows: not read again before this
+
+    def ready(self, now: float) -> bool:
+        """True unless the simulation's database was found unusable less than an interval ago."""
+        return now >= self.blocked_until
 
 
 @dataclass
@@ -235,8 +247,9 @@ class Worker:
 
     def replay_own_pending(self) -> None:
         """Re-process entries this consumer name was given but never acknowledged (id 0 first)."""
-        for state in list(self._streams.values()):
-            while state.replay_after is not None and not self._stop.is_set():
+        now = time.monotonic()
+        for state in [state for state in self._streams.values() if state.ready(now)]:
+            while state.replay_after is not None and not self._stop.is_set() and state.ready(time.monotonic()):
                 entries = self.reader.read_own_pending(state.stream, state.replay_after, self.settings.batch_size)
                 if not entries:
                     state.replay_after = None
@@ -246,9 +259,10 @@ class Worker:
 
     def reclaim_stale(self) -> None:
         """XAUTOCLAIM entries other consumers have held longer than ``claim_idle_ms``."""
-        self._next_claim = time.monotonic() + self.settings.claim_interval_ms / 1000
+        now = time.monotonic()
+        self._next_claim = now + self.settings.claim_interval_ms / 1000
         for state in list(self._streams.values()):
-            if state.replay_after is not None:
+            if state.replay_after is not None or not state.ready(now):
                 continue
             claim = self.reader.claim_stale(state.stream, self.settings.claim_idle_ms,
                                             state.claim_cursor, self.settings.batch_size)
@@ -299,7 +313,9 @@ class Worker:
 
     def read_batch(self) -> dict[str, list[Entry]]:
         """New entries from every tracked stream, waiting up to ``block_ms`` for some."""
-        ready = [stream for stream, state in self._streams.items() if state.replay_after is None]
+        now = time.monotonic()
+        ready = [stream for stream, state in self._streams.items()
+                 if state.replay_after is None and state.ready(now)]
         if not ready:
             self._stop.wait(min(self.settings.block_ms, 200) / 1000)
             return {}
@@ -315,7 +331,11 @@ class Worker:
         faults.checkpoint("after_read", self.slot,
                           lambda: [entry.entry_id for entry in entries] + [letter.entry_id for letter in letters])
         commit_started = time.monotonic()
-        result = self._write(state, entries, letters)
+        try:
+            result = self._write(state, entries, letters)
+        except SchemaUnusable as exc:
+            self._block(state, exc)  # its entries stay pending: replayed once the database is usable
+            return
         commit_s = time.monotonic() - commit_started
         faults.checkpoint("after_commit", self.slot)
         self.reader.ack(state.stream, [entry.entry_id for entry in entries] + [l.entry_id for l in letters])
@@ -328,11 +348,51 @@ class Worker:
                         self.name, state.stream, result.dead_letters)
 
     def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
+        layout = self._layout_of(state)
         retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
                             wait=jittered_backoff(),
                             stop=stop_after_delay(_DB_RETRY_S), before_sleep=self._count_retry)
-        return retrying(lambda: self.sinks.for_simulation(state.simulation_id).write(
-            state.stream, state.simulation_id, entries, letters))
+        result = retrying(lambda: self.sinks.write(state.simulation_id, layout, state.stream, entries, letters))
+        if state.blocked_until:
+            self._unblock(state)
+        return result
+
+    def _layout_of(self, state: _StreamState) -> str:
+        """The table layout the simulation's producer announced (read once per stream)."""
+        if state.layout is None:
+            try:
+                meta = self.client.hgetall(self.keys.meta(state.simulation_id))
+            except redis.RedisError as exc:
+                raise TransientError(f"reading the layout of {state.simulation_id}: {exc}") from exc
+            fields = {key.decode() if isinstance(key, bytes) else key: value for key, value in meta.items()}
+            announced = fields.get(LAYOUT_FIELD)
+            if announced is not None:
+                state.layout = announced.decode() if isinstance(announced, bytes) else announced
+            elif any(name.startswith("seq:") for name in fields):
+                state.layout = STANDALONE  # a producer older than layouts
+            else:
+                raise TransientError(f"simulation {state.simulation_id} has not announced its layout yet")
+        return state.layout
+
+    def _block(self, state: _StreamState, problem: SchemaUnusable) -> None:
+        """The simulation's database cannot take its rows: leave its entries pending, say why
+        (in the log once per interval and in its meta hash, where ``status`` reads it), try again later."""
+        state.blocked_until = time.monotonic() + _UNUSABLE_RETRY_S
+        state.replay_after = b"0"
+        log.error("worker.simulation_blocked consumer=%s simulation=%s retry_in_s=%.0f reason=%s",
+                  self.name, state.simulation_id, _UNUSABLE_RETRY_S, problem)
+        try:
+            self.client.hset(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD, str(problem))
+        except redis.RedisError as exc:
+            raise TransientError(f"publishing why {state.simulation_id} waits: {exc}") from exc
+
+    def _unblock(self, state: _StreamState) -> None:
+        state.blocked_until = 0.0
+        log.info("worker.simulation_unblocked consumer=%s simulation=%s", self.name, state.simulation_id)
+        try:
+            self.client.hdel(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD)
+        except redis.RedisError as exc:
+            raise TransientError(f"clearing {state.simulation_id}'s problem: {exc}") from exc
 
     def _count_retry(self, retry_state) -> None:
         self.stats.retried += 1
@@ -354,11 +414,13 @@ class Worker:
         return keep, letters
 
     def drained(self) -> bool:
-        """True when every registered simulation is complete and fully persisted."""
+        """True when every registered simulation is complete, or abandoned (its producer stopped
+        without completing it, ``abandoned_after_s``), and fully persisted."""
+        abandoned_after_ms = self.settings.abandoned_after_s * 1000
         try:
             registered = simulation_ids(self.client, self.keys)
-            return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False).drained
-                       for sim in registered)
+            return all(stream_status(self.client, self.keys, self.settings.group, sim, exact_lag=False)
+                       .settled(abandoned_after_ms) for sim in registered)
         except redis.RedisError as exc:
             raise TransientError(f"checking whether all simulations are persisted: {exc}") from exc
 

@@ -65,20 +65,42 @@ class RedisBufferedDataLogger:
     """A drop-in for the reference ``DataLogger`` that writes through Redis Streams.
 
     Buffering and flushing are the producer's: ``flush_all_buffers()`` waits until everything is
-    in Redis, ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes
-    continuously). With ``recent_state=True`` (or a ``redis_stm_config`` / ``redis_im_config``)
-    each agent's latest states are also kept in the Redis short-term and intermediate tiers, read
-    back with :class:`common.recent_state.RecentStates`.
+    in Redis (with ``wait_persisted=True``, until consumers committed it to SQL),
+    ``flush_if_needed()`` is a no-op kept for compatibility (the sender flushes continuously).
+    With ``recent_state=True`` (or a ``redis_stm_config`` / ``redis_im_config``) each agent's
+    latest states are also kept in the Redis short-term and intermediate tiers, read back with
+    :class:`common.recent_state.RecentStates`.
     """
 
     def __init__(self, simulation_id: str, redis_url: str | None = None, *,
                  producer: StreamProducer | None = None, recent_state: bool = False,
                  redis_stm_config: RedisSTMConfig | None = None,
-                 redis_im_config: RedisIMConfig | None = None, **producer_options: Any) -> None:
+                 redis_im_config: RedisIMConfig | None = None, start_on_first_record: bool = False,
+                 **producer_options: Any) -> None:
         self.simulation_id = simulation_id
-        self.producer = producer or StreamProducer(
-            simulation_id, redis_url, recent_state=recent_state, redis_stm_config=redis_stm_config,
-            redis_im_config=redis_im_config, **producer_options)
+        self._producer = producer
+
+        def start() -> StreamProducer:
+            return StreamProducer(simulation_id, redis_url, recent_state=recent_state,
+                                  redis_stm_config=redis_stm_config, redis_im_config=redis_im_config,
+                                  **producer_options)
+
+        self._start_producer = start
+        if producer is None and not start_on_first_record:
+            self._producer = start()
+
+    @property
+    def producer(self) -> StreamProducer:
+        """The producer streaming this logger's records; started by the first record if it was
+        not at construction (``start_on_first_record=True``)."""
+        if self._producer is None:
+            self._producer = self._start_producer()
+        return self._producer
+
+    @property
+    def started(self) -> bool:
+        """True once a producer exists: something was (or is being) logged."""
+        return self._producer is not None
 
     def log_agent_action(self, step_number: int, agent_id: str, action_type: str,
                          action_target_id: str | None = None, reward: float | None = None,
@@ -107,14 +129,16 @@ class RedisBufferedDataLogger:
 
     def update_agent_death(self, agent_id: str, death_time: int, cause: str = "starvation") -> None:
         """The agent's death: ``agents.death_time`` set and a ``health_incidents`` row (health 0
-        to 0, ``cause``, details ``{"final_state": "dead"}``), as the reference records it.
+        to 0, ``cause``, details ``{"final_state": "dead"}``), as the reference records it. The
+        incident's ``simulation_id`` is filled in the standalone layout (a shared database needs
+        it) and left NULL in the agentfarm layout, as the reference's own method leaves it.
 
         Safe at least once and in any order: if the death commits before the agent's own row
         (another consumer, a later batch), the agent row fills in the rest and keeps death_time.
         """
         self.producer.log("agent_death", agent_id=agent_id, death_time=death_time)
-        self.producer.log("health_incident", step_number=death_time, agent_id=agent_id,
-                          health_before=0.0, health_after=0.0, cause=cause, details=dict(_DEATH_DETAILS))
+        self.producer.log("death_incident", step_number=death_time, agent_id=agent_id,
+                          health_before=0, health_after=0, cause=cause, details=dict(_DEATH_DETAILS))
 
     def log_agent(self, agent_id: str, birth_time: int, agent_type: str,
                   position: Sequence[float], initial_resources: float, starting_health: float,
@@ -198,34 +222,63 @@ class RedisBufferedDataLogger:
                           offspring_generation=offspring_generation,
                           parent_position_x=x, parent_position_y=y)
 
-    def flush_all_buffers(self) -> FlushReport:
-        """Wait until everything logged so far is in Redis (bounded by ``close_timeout_s``)."""
-        return self.producer.flush()
+    def flush_all_buffers(self, *, wait_persisted: bool = False, timeout_s: float | None = None) -> FlushReport:
+        """Wait until everything logged so far is in Redis (bounded by ``timeout_s``, default the
+        producer's ``close_timeout_s``).
+
+        With ``wait_persisted=True``, then also wait until consumers have committed it to SQL, so
+        the rows can be read back (:meth:`StreamProducer.wait_persisted`; bounded by ``timeout_s``,
+        default the producer's ``persist_timeout_s``): raises PersistTimeout naming the backlog,
+        or GroupMissing at once if no consumer group reads the simulation. A logger that has not
+        logged anything (its producer not started) has nothing to wait for.
+        """
+        if not self.started:
+            return FlushReport(logged=0, in_redis=0, journaled=0, waiting=0)
+        if wait_persisted:
+            return self.producer.wait_persisted(timeout_s)
+        return self.producer.flush(timeout_s)
 
     def flush_if_needed(self) -> None:
         """Kept for the reference protocol: the sender thread already flushes continuously."""
 
     def discard_pending_agents(self, agent_ids: Iterable[str]) -> int:
-        """Drop ``agents`` rows logged for ``agent_ids`` that have not left this process yet;
-        return how many were dropped.
+        """Roll back the creation of ``agent_ids``: drop their actions and health incidents that
+        have not left this process yet, and return how many were dropped (the reference's
+        meaning); their ``agents`` rows are retracted.
 
-        "Pending" is exact: an agent row is pending until the producer's sender thread takes it
-        from the buffer (normally within ``flush_interval_s`` of logging it, at once after
-        ``flush_all_buffers()``). A dropped row never reaches Redis or SQL; a row already taken
-        is persisted and is not counted. Only ``agents`` rows are dropped, not the agent's
-        states, actions or death. Call it from the thread that logs.
+        A retracted agent's row is removed from SQL, now if it is there and later if it commits
+        after the retraction (the sink keeps the retraction), so the database ends as the
+        reference's does after its own rollback, whatever order the rows commit in. Records of
+        the agent that had already left (actions, states) are kept, as the reference keeps what
+        it had flushed. "Not left yet" is exact: a record leaves when the producer's sender
+        thread takes it from the buffer, under a lock this call also holds. Call it from the
+        thread that logs.
         """
-        return self.producer.discard_pending("agent", "agent_id", agent_ids)
+        agent_ids = [agent_id for agent_id in agent_ids]
+        if not agent_ids or not self.started:
+            return 0  # nothing was logged, so nothing of these agents can be anywhere
+        producer = self.producer
+        producer.discard_pending(("agent",), "agent_id", agent_ids)
+        dropped = producer.discard_pending(("agent_action", "health_incident"), "agent_id", agent_ids)
+        for agent_id in agent_ids:
+            producer.log("agent_retraction", agent_id=agent_id)
+        return dropped
 
-    def close(self, timeout_s: float | None = None) -> FlushReport:
-        """Send everything and mark the simulation complete."""
-        return self.producer.close(timeout_s)
+    def close(self, timeout_s: float | None = None, status: str = "completed") -> FlushReport:
+        """Send everything and mark the simulation complete (its end recorded with ``status``).
+
+        A logger that never logged anything (its producer not started) sends nothing and marks
+        nothing: there is no simulation of its own to complete.
+        """
+        if not self.started:
+            return FlushReport(logged=0, in_redis=0, journaled=0, waiting=0)
+        return self.producer.close(timeout_s, status=status)
 
     def __enter__(self) -> RedisBufferedDataLogger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.producer.__exit__(*exc_info)
+        self.close()
 
 
 def _weights(action_weights: Mapping[Any, Any] | None) -> dict[str, float] | None:

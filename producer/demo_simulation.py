@@ -33,7 +33,7 @@ def run_simulation(logger: RedisBufferedDataLogger, agents: int, steps: int, res
         for agent_id, state in population.items()])
     rows["agents"] += agents
     for resource_id in range(resources):
-        logger.log_resource(resource_id, 50.0, (rng.uniform(0, 100), rng.uniform(0, 100)))
+        logger.log_resource(f"resource_{resource_id}", 50.0, (rng.uniform(0, 100), rng.uniform(0, 100)))
     rows["resource_states"] += resources
     for step in range(1, steps + 1):
         states = []
@@ -66,7 +66,7 @@ def run_simulation(logger: RedisBufferedDataLogger, agents: int, steps: int, res
         rows["agent_states"] += len(states)
         rows["resource_states"] += resources
         rows["simulation_steps"] += 1
-    rows["simulations"] += 1
+    rows["simstream_simulations"] += 1
     return rows
 
 

@@ -27,9 +27,11 @@ from tenacity import Retrying, retry_if_exception_type
 
 from common.codec import ENTRY_FIELD, make_encoder
 from common.connections import redis_client
+from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
 from common.journal import (Journal, count_records, journal_path, journals_for, remove_folder_if_empty,
                             replay_journal)
 from common.keys import Keys
+from common.layouts import META_FIELD as LAYOUT_FIELD
 from common.retry import jittered_backoff
 from common.settings import ProducerSettings
 
@@ -38,8 +40,11 @@ log = logging.getLogger(__name__)
 # One EVAL per batch XADDs every payload on the server: the client packs and parses one command
 # instead of one per record, which halves the sender's CPU per record (see README, Performance).
 # Entries and their order are the same as with one XADD each; a retried batch repeats entries
-# with the same record keys, which the sink ignores. Never MAXLEN.
-XADD_BATCH_SCRIPT = "for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end return #ARGV - 1"
+# with the same record keys, which the sink ignores. Never MAXLEN. The same call refreshes the
+# simulation's heartbeat (KEYS[2], the meta hash: same hash slot) by the server's clock, and
+# returns the id of the last entry added, which ``wait_persisted`` waits for.
+XADD_BATCH_SCRIPT = ("local id for i = 2, #ARGV do id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end "
+                     + NOW_MS_LUA + f"redis.call('HSET', KEYS[2], '{HEARTBEAT_FIELD}', now) return id")
 
 BufferedRecord = tuple[str, int, dict[str, Any]]
 """(kind, seq, fields) as ``log()`` leaves it for the sender."""
@@ -68,6 +73,9 @@ class BatchSender(threading.Thread):
 
     ``handed_off_seq``: every record up to this sequence number is in Redis or in the journal.
     ``in_journal``: how many of them are in the journal, not yet in Redis.
+    ``last_entry_id``: the id of the newest entry this sender added to the stream (a batch's last,
+    or the last of a journal it replayed); set before ``handed_off_seq`` / ``in_journal`` move.
+    ``first_sent_at``: when (monotonic) Redis first took a batch of this sender, else None.
     """
 
     def __init__(self, simulation_id: str, producer_id: str, buffer: deque[BufferedRecord],
@@ -89,6 +97,9 @@ class BatchSender(threading.Thread):
         self.in_journal = 0
         self.throttle = False
         self.completed = False
+        self.last_entry_id: str | None = None
+        self.first_sent_at: float | None = None
+        self._last_heartbeat = 0.0
         self.stats = SenderStats()
         self._left_journals: list[Path] = self._earlier_journals()
         self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
@@ -135,6 +146,7 @@ class BatchSender(threading.Thread):
                 if self.journaling:
                     self._try_leave_journal()
                 self._send_buffered()
+                self._heartbeat_if_idle()
                 if self._stopping and not self.buffer:
                     self._finish()
                     return
@@ -191,19 +203,50 @@ class BatchSender(threading.Thread):
 
     def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
         pipe = self._redis().pipeline(transaction=False)
-        pipe.execute_command("EVAL", XADD_BATCH_SCRIPT, 1, self.stream_key, ENTRY_FIELD, *payloads)
+        pipe.execute_command("EVAL", XADD_BATCH_SCRIPT, 2, self.stream_key, self.meta_key, ENTRY_FIELD, *payloads)
         for command in extras:
             pipe.execute_command(*command)
         pipe.sadd(self.keys.registry, self.simulation_id)
-        pipe.hset(self.meta_key, f"seq:{self.producer_id}", last_seq)
+        # The layout first: consumers take sequence numbers without a layout for an older producer.
+        pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, f"seq:{self.producer_id}": last_seq})
         pipe.xlen(self.stream_key)
-        self._observe_backlog(pipe.execute()[-1])
+        replies = pipe.execute()
+        self._note_added(replies[0])
+        self._observe_backlog(replies[-1])
+
+    def _note_added(self, entry_id: bytes | str | None) -> None:
+        """Remember the newest entry this sender added (and that the heartbeat was just refreshed)."""
+        if not entry_id:
+            return
+        self.last_entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        now = time.monotonic()
+        self._last_heartbeat = now
+        if self.first_sent_at is None:
+            self.first_sent_at = now
+
+    def _heartbeat_if_idle(self) -> None:
+        """Refresh the heartbeat if no batch did for ``heartbeat_interval_s``: one try, no retry.
+
+        Skipped while journaling because Redis failed (the batches' own retries show that; a
+        heartbeat waiting on a dead connection would only hold up the journal). Spilling for
+        backlog, Redis answers and the producer is alive, so the heartbeat goes on.
+        """
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
+            return
+        if self.journaling and not self._spilling_for_backlog:
+            return
+        self._last_heartbeat = now
+        try:
+            self._redis().execute_command(*touch_command(self.meta_key))
+        except redis.RedisError as exc:
+            log.debug("producer.heartbeat_failed simulation=%s error=%s", self.simulation_id, exc)
 
     def _send_completion(self) -> None:
         pipe = self._redis().pipeline(transaction=False)
         pipe.sadd(self.keys.registry, self.simulation_id)
-        pipe.hset(self.meta_key, mapping={"complete": 1, "completed_at": time.time(),
-                                          f"seq:{self.producer_id}": self.handed_off_seq})
+        pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, "complete": 1,
+                                          "completed_at": time.time(), f"seq:{self.producer_id}": self.handed_off_seq})
         pipe.execute()
 
     def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:
@@ -285,6 +328,7 @@ class BatchSender(threading.Thread):
                 # An earlier producer's completion marker is not ours to apply: this one still runs.
                 result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size,
                                         mark_complete=False)
+                self._note_added(result.last_entry_id)
                 self._left_journals.pop(0)
                 self.stats.replayed += result.records
                 replayed += result.records
@@ -292,6 +336,7 @@ class BatchSender(threading.Thread):
                          self.simulation_id, result.path, result.records)
             if self.journal.exists():
                 result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size)
+                self._note_added(result.last_entry_id)
                 self.stats.replayed += result.records
                 self.stats.sent += result.records
                 replayed += result.records

@@ -19,10 +19,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import redis
+
+from common.connections import redis_client
+from common.errors import GroupMissing, PersistTimeout
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
 from common.settings import ProducerSettings
 from common.tiers import RedisIMConfig, RedisSTMConfig, TierWriter
+from producer.persisted import persisted_through, unpersisted_through
 from producer.sender import BatchSender, BufferedRecord
 
 log = logging.getLogger(__name__)
@@ -101,7 +106,7 @@ class StreamProducer:
         self._batch_size, self._wake = self.settings.batch_size, self._sender.wake
         atexit.register(_flush_at_exit, weakref.ref(self))
         self.log("simulation", start_time=time.time(), status="running",
-                 experiment_id=experiment_id, parameters=parameters)
+                 experiment_id=experiment_id, parameters=parameters, layout=self.settings.layout)
 
     def log(self, kind: str, /, **fields: Any) -> None:
         """Queue one record of ``kind`` for the stream; returns in microseconds.
@@ -120,8 +125,8 @@ class StreamProducer:
         if self._sender.throttle:  # backpressure="slow" and the backlog is past the high-water mark
             time.sleep(self.settings.throttle_sleep_s)
 
-    def discard_pending(self, kind: str, field: str, values: Iterable[Any]) -> int:
-        """Recall records of ``kind`` whose ``field`` is in ``values`` and that the sender thread
+    def discard_pending(self, kinds: Iterable[str], field: str, values: Iterable[Any]) -> int:
+        """Recall records of ``kinds`` whose ``field`` is in ``values`` and that the sender thread
         has not taken yet; return how many were recalled.
 
         A recalled record never reaches Redis. A record the sender has already taken (usually within
@@ -129,10 +134,10 @@ class StreamProducer:
         waiting are renumbered so that sequence numbers stay contiguous (none of them has been
         sent, so none has an identity anywhere yet). Call it from the thread that calls ``log()``.
         """
-        wanted = set(values)
+        wanted, kinds = set(values), frozenset(kinds)
         with self._sender.hand_off:
             waiting = list(self._buffer)
-            kept = [record for record in waiting if record[0] != kind or record[2].get(field) not in wanted]
+            kept = [record for record in waiting if record[0] not in kinds or record[2].get(field) not in wanted]
             recalled = len(waiting) - len(kept)
             if recalled:
                 first_seq = waiting[0][1]
@@ -142,6 +147,11 @@ class StreamProducer:
                 self._next_seq = itertools.count(self._last_seq + 1).__next__
         return recalled
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called: nothing more can be logged."""
+        return self._closed
+
     def flush(self, timeout_s: float | None = None) -> FlushReport:
         """Wait until every record logged so far is in Redis, or ``timeout_s`` passes."""
         target = self._last_seq
@@ -149,8 +159,97 @@ class StreamProducer:
         self._wait_sent(target, timeout_s if timeout_s is not None else self.settings.close_timeout_s)
         return self._report(target)
 
-    def close(self, timeout_s: float | None = None) -> FlushReport:
-        """Log the simulation's end, send everything, mark it complete; idempotent.
+    def wait_persisted(self, timeout_s: float | None = None) -> FlushReport:
+        """Return once consumers have committed everything this producer logged so far.
+
+        Flushes first, then waits until the consumer group (``settings.group``, default
+        ``simstream``, env ``SIMSTREAM_GROUP``) has acknowledged every entry this producer added to
+        the stream up to its last one: each delivered and none still pending, so each is a
+        committed row or dead letter in SQL. A stream retention has already removed (complete and
+        acknowledged by every group) counts as persisted. Returns the flush report.
+
+        Raises GroupMissing at once if the stream has no such group (no consumer ever read it;
+        only within ``group_wait_s`` of this producer's first batch does it wait for consumers to
+        discover a new stream), and PersistTimeout, naming the backlog, if ``timeout_s`` (default
+        ``persist_timeout_s``) passes first, or at once if records this producer can no longer
+        send (closed with a journal) stand in the way. Waits on consumers: not for the per-step path.
+        """
+        timeout_s = self.settings.persist_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        target = self._last_seq
+        self.flush(timeout_s)
+        stream, group = self.keys.stream(self.simulation_id), self.settings.group
+        client: redis.Redis | None = None
+        pause_s = 0.01
+        try:
+            while True:
+                entry_id, not_in_redis = self._sent_through(target)
+                try:
+                    if not not_in_redis and entry_id is not None:
+                        client = client or redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
+                        state = persisted_through(client, stream, group, entry_id)
+                        if state.persisted:
+                            return self._report(target)
+                        if not state.group_exists and self._group_wait_over():
+                            raise GroupMissing(
+                                f"no consumer group {group!r} on stream {stream}: no consumer has read simulation "
+                                f"{self.simulation_id!r}; start `simstream consume` on this Redis and namespace, "
+                                f"or set the producer's group (SIMSTREAM_GROUP) to the consumers' group")
+                except redis.RedisError as exc:
+                    log.debug("producer.wait_persisted_retry simulation=%s error=%s", self.simulation_id, exc)
+                if not_in_redis and not self._sender.is_alive():
+                    raise self._timeout(client, target, "this producer is closed and cannot send them; "
+                                        "replay its journal with `simstream replay-journal`")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timeout(client, target, f"after {timeout_s:g}s; are consumers running "
+                                        "(`simstream consume`) on this Redis and namespace?")
+                time.sleep(min(pause_s, remaining))
+                pause_s = min(pause_s * 2, 0.25)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _sent_through(self, target: int) -> tuple[str | None, int]:
+        """(id of the newest entry this producer added, records up to ``target`` not in Redis)."""
+        sender = self._sender
+        with sender.progress:
+            not_in_redis = max(0, target - sender.handed_off_seq) + sender.in_journal
+            return sender.last_entry_id, not_in_redis
+
+    def _group_wait_over(self) -> bool:
+        first = self._sender.first_sent_at
+        return first is None or time.monotonic() - first >= self.settings.group_wait_s
+
+    def _timeout(self, client: redis.Redis | None, target: int, why: str) -> PersistTimeout:
+        """PersistTimeout naming how many of this producer's records are not persisted, and where."""
+        entry_id, not_in_redis = self._sent_through(target)
+        parts, backlog, exact = [], not_in_redis, True
+        if entry_id is not None:
+            own = None
+            try:
+                if client is None:
+                    client = own = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
+                left = unpersisted_through(client, self.keys.stream(self.simulation_id), self.settings.group,
+                                           entry_id)
+                backlog, exact = backlog + left.total, left.exact
+                parts += [f"{left.undelivered} not yet delivered to a consumer",
+                          f"{left.pending} delivered and not acknowledged"]
+            except redis.RedisError as exc:
+                exact = False
+                parts.append(f"Redis did not answer: {' '.join(str(exc).split())}")
+            finally:
+                if own is not None:
+                    own.close()
+        if not_in_redis:
+            journal = self._sender.journal.path if self._sender.in_journal else None
+            parts.append(f"{not_in_redis} not yet in Redis" + (f" (journal {journal})" if journal else ""))
+        return PersistTimeout(
+            f"simulation {self.simulation_id!r}: {'' if exact else 'at least '}{backlog} records of this producer "
+            f"not yet persisted by consumer group {self.settings.group!r} ({', '.join(parts)}) {why}", backlog)
+
+    def close(self, timeout_s: float | None = None, status: str = "completed") -> FlushReport:
+        """Log the simulation's end (with ``status``), send everything, mark it complete; idempotent.
 
         Returns once every record is in Redis, or, if Redis does not take them within
         ``timeout_s`` (default ``close_timeout_s``), in the journal, which then also records that
@@ -158,7 +257,7 @@ class StreamProducer:
         """
         with self._close_lock:
             if not self._closed:
-                self.log("simulation_end", end_time=time.time(), status="completed")
+                self.log("simulation_end", end_time=time.time(), status=status)
                 self._closed = True
                 self._sender.stop(mark_complete=True)
         self._sender.join(timeout_s if timeout_s is not None else self.settings.close_timeout_s)

@@ -54,9 +54,9 @@ def produce_workload(logger: RedisBufferedDataLogger, steps: int, agents: int, r
                 expected["agent_actions"][(step, f"a{a}", json.dumps({"k": k}))] += 1
             states.append((f"a{a}", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, step))
             expected["agent_states"][(f"{sim}:a{a}-{step}",)] += 1
-        resource_rows = [(r, 1.0, 0.0, 0.0) for r in range(resources)]
+        resource_rows = [(f"resource_{r}", 1.0, 0.0, 0.0) for r in range(resources)]
         for r in range(resources):
-            expected["resource_states"][(step, r)] += 1
+            expected["resource_states"][(step, f"resource_{r}")] += 1
         logger.log_step(step, states, resource_rows, {"total_agents": agents})
         expected["simulation_steps"][(step,)] += 1
     return expected

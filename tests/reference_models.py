@@ -67,7 +67,7 @@ class ResourceModel(Base):
     id = Column(Integer, primary_key=True)
     simulation_id = Column(String)
     step_number = Column(Integer)
-    resource_id = Column(Integer)
+    resource_id = Column(String(64))
     amount = Column(Float)
     position_x = Column(Float)
     position_y = Column(Float)

@@ -62,7 +62,7 @@ def count_rows(db_url: str, simulation_id: str) -> dict[str, int]:
 def check_rows(db_url: str, simulation_id: str, mix: Mix) -> None:
     """BenchError unless every row of the mix is in SQL exactly as often as it was logged."""
     found = count_rows(db_url, simulation_id)
-    expected = {**mix.rows_by_table(), "simulations": 1}
+    expected = {**mix.rows_by_table(), "simstream_simulations": 1}
     wrong = {table: (found.get(table, 0), want) for table, want in expected.items() if found.get(table, 0) != want}
     if wrong:
         raise BenchError(f"rows in SQL differ from the records logged (found, expected): {wrong}")

@@ -18,6 +18,8 @@ from producer import RedisBufferedDataLogger
 from tests.helpers import assert_rows_match, dead_letter_count, produce_workload, wait_for
 
 FAST = ("--block-ms", "100")
+# A drain run after consumers that may have finished everything: nothing left is nothing to wait for.
+LEFTOVERS = ("--wait-for-simulation-s", "0")
 
 # Also on one SQLite file per simulation, PostgreSQL and a 3-master Redis Cluster (tests/conftest.py).
 pytestmark = pytest.mark.every_deployment
@@ -127,7 +129,7 @@ def test_random_sigkills_during_a_run_lose_and_double_nothing(cli, redis_server,
     logger.close()
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(60) == 0
-    drained = cli.run("consume", "--processes", "2", "--drain", *FAST)
+    drained = cli.run("consume", "--processes", "2", "--drain", *FAST, *LEFTOVERS)
 
     # Then: after the kills, every row is there exactly once
     assert kills >= 4
@@ -180,5 +182,5 @@ def test_sigterm_mid_run_exits_zero_with_nothing_pending(cli, redis_server, sink
     assert group_pending(redis_server, namespace, simulation_id)["pending"] == 0
     assert "worker.summary" in cli.output(supervisor)
     # and the rest is persisted by a later run, still one row per record
-    assert cli.run("consume", "--drain", *FAST).returncode == 0
+    assert cli.run("consume", "--drain", *FAST, *LEFTOVERS).returncode == 0
     assert_rows_match(sink_engine, simulation_id, expected)

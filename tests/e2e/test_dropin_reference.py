@@ -31,8 +31,8 @@ class ReferenceRun:
 
     def setup(self, agents: int, resources: int) -> None:
         for r in range(resources):
-            self.logger.log_resource(r, 10.0 + r, (float(r), r + 0.5))
-            self._row("resource_states", step_number=0, resource_id=r, amount=10.0 + r,
+            self.logger.log_resource(f"resource_{r}", 10.0 + r, (float(r), r + 0.5))
+            self._row("resource_states", step_number=0, resource_id=f"resource_{r}", amount=10.0 + r,
                       position_x=float(r), position_y=r + 0.5)
         batch = [{"simulation_id": self.sim, "agent_id": f"a{a}", "birth_time": 0,
                   "agent_type": ("system", "independent", "control")[a % 3], "position": (a * 1.5, 2.0),
@@ -115,7 +115,7 @@ class ReferenceRun:
     def _log_step(self, step: int, resources: int) -> None:
         states = [(agent_id, 1.0 + i, 2.0, 3.5, 9.0, 10.0, i % 2, i % 2, 0.5 * step, step)
                   for i, agent_id in enumerate(self.alive)]
-        resource_states = [(r, 9.0 - step * 0.5, float(r), r + 0.5) for r in range(resources)]
+        resource_states = [(f"resource_{r}", 9.0 - step * 0.5, float(r), r + 0.5) for r in range(resources)]
         metrics = {"total_agents": len(self.alive), "births": int(step == 3), "deaths": int(step == 5),
                    "current_max_generation": 1 if step >= 3 else 0, "average_agent_age": float(step),
                    "agent_type_counts": {"system": 2, "independent": 2}, "total_resources": 27.0,

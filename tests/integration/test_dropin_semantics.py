@@ -96,28 +96,41 @@ def stream_records(redis_server, namespace, simulation_id):
     return [decode(fields[b"r"]) for _, fields in entries]
 
 
-def test_discard_pending_agents_recalls_exactly_the_agents_not_yet_taken(
+def test_discard_pending_agents_drops_pending_actions_and_retracts_the_agents(
         redis_server, sqlite_url, sink_engine, simulation_id, namespace):
-    # Given: a sender that does not take records until flushed, and three agents logged
+    # Given: a sender that does not take records until flushed; three agents, their actions and
+    # an incident logged; a1's action and a3's agent row already on their way (flushed)
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace,
                                      flush_interval_s=60.0, batch_size=100_000)
-    for agent_id in ("a1", "a2", "a3"):
+    for agent_id in ("a1", "a3"):
         log_agent(logger, agent_id)
-    logger.log_step(1, [(a, 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1) for a in ("a1", "a2")], [], {})
-
-    # When: two of them (and an unknown id) are discarded while pending, then one after the flush
-    assert logger.discard_pending_agents(["a2", "a3", "nobody"]) == 2
+    logger.log_agent_action(1, "a3", "move")
     assert logger.flush_all_buffers().all_in_redis
-    assert logger.discard_pending_agents(["a1"]) == 0
+    log_agent(logger, "a2")
+    logger.log_step(1, [(a, 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1) for a in ("a1", "a2")], [], {})
+    for agent_id in ("a1", "a2", "a3"):
+        logger.log_agent_action(1, agent_id, "gather")
+    logger.log_health_incident(1, "a2", 9.0, 8.0, "starvation")
+
+    # When: a2 and a3 (and an unknown id) are rolled back; then a1's rollback after the flush
+    assert logger.discard_pending_agents(["a2", "a3", "nobody"]) == 3  # a2: action + incident; a3: action
+    assert logger.flush_all_buffers().all_in_redis
+    assert logger.discard_pending_agents([]) == 0
     assert logger.close().complete
 
-    # Then: only a1's agent row was sent, the states were not touched, sequence numbers stay gapless
+    # Then: a2's agent row never left; a3's left before the rollback and is retracted in SQL;
+    # what had left before the rollback (a3's first action, the states) is kept, as the reference
+    # keeps what it had flushed; sequence numbers stay gapless
     records = stream_records(redis_server, namespace, simulation_id)
-    assert [r.fields["agent_id"] for r in records if r.kind.name == "agent"] == ["a1"]
-    assert sorted(r.fields["agent_id"] for r in records if r.kind.name == "agent_state") == ["a1", "a2"]
+    assert [r.fields["agent_id"] for r in records if r.kind.name == "agent"] == ["a1", "a3"]
+    assert sorted(r.fields["agent_id"] for r in records if r.kind.name == "agent_retraction") == ["a2", "a3", "nobody"]
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
     drain(redis_server.url, sqlite_url, namespace, slot=0)
     assert [a["agent_id"] for a in rows(sink_engine, schema.agents, simulation_id)] == ["a1"]
+    actions = sorted((a["agent_id"], a["action_type"]) for a in rows(sink_engine, schema.agent_actions, simulation_id))
+    assert actions == [("a1", "gather"), ("a3", "move")]
+    assert rows(sink_engine, schema.health_incidents, simulation_id) == []
+    assert sorted(s["agent_id"] for s in rows(sink_engine, schema.agent_states, simulation_id)) == ["a1", "a2"]
 
 
 def test_validation_is_the_references_and_a_rejected_call_logs_nothing(redis_server, simulation_id, namespace):

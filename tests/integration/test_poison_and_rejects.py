@@ -37,12 +37,12 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
         "not valid msgpack": b"\xc1\xc1garbage",
         "unknown record kind": msgpack.packb([FORMAT_VERSION, "spaceship", "p", 1, {}]),
         "unknown format version": msgpack.packb([FORMAT_VERSION + 7, "agent", "p", 2, {}]),
-        "'birth_time' must be int": msgpack.packb([FORMAT_VERSION, "agent", "p", 3, {
-            "agent_id": "x", "birth_time": "yesterday", "agent_type": "t", "position_x": 0.0,
+        "'birth_time' must be a single value": msgpack.packb([FORMAT_VERSION, "agent", "p", 3, {
+            "agent_id": "x", "birth_time": ["yesterday"], "agent_type": "t", "position_x": 0.0,
             "position_y": 0.0, "initial_resources": 1.0, "starting_health": 1.0}]),
         "'agent_id' is required": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 4, {
             "step_number": 1, "action_type": "move"}]),
-        "a value cannot be stored": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 6, {
+        "must be a JSON value": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 6, {
             "step_number": 1, "agent_id": "x", "action_type": "move", "details": {"blob": b"\x00"}}]),
     }
     poison_ids = {client.xadd(stream, {b"r": payload}).decode(): reason for reason, payload in poison.items()}

@@ -41,14 +41,14 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
                             module_type="dqn", module_id="m1", action_taken=3, action_taken_mapped="attack")
     logger.log_health_incident(1, "a2", 11.0, 7.5, "combat", {"by": "a1"})
     logger.log_step(1, [("a1", 1.5, 2.5, 4.0, 9.0, 10.0, 1, True, 0.25, 1)],
-                    [(7, 42.0, 8.0, 9.0)],
+                    [("resource_7", 42.0, 8.0, 9.0)],
                     {"total_agents": 2, "births": 1, "deaths": 0, "current_max_generation": 2,
                      "average_agent_age": 0.5, "agent_type_counts": {"system": 1, "independent": 1},
                      "total_resources": 42.0, "average_agent_resources": 5.5, "resource_efficiency": 0.9,
                      "resource_distribution_entropy": 0.1, "average_agent_health": 9.5,
                      "average_reward": 0.25, "genetic_diversity": 0.3, "dominant_genome_ratio": 0.6,
                      "resources_consumed": 1.5})
-    logger.log_resource(8, 30.0, (5.0, 6.0))
+    logger.log_resource("resource_8", 30.0, (5.0, 6.0))
     logger.log_interaction_edge(1, "agent", "a1", "agent", "a2", "attack", action_type="attack",
                                 details={"damage": 3.5})
     logger.log_reproduction_event(1, "a1", "a3", True, 5.0, 2.0, 3.0, None, 2, 3, (1.0, 2.0))
@@ -60,7 +60,7 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
 
     # Then: every table holds exactly the logged values
     assert worker.stats.dead_lettered == 0
-    [simulation] = rows(sink_engine, schema.simulations, simulation_id)
+    [simulation] = rows(sink_engine, schema.simstream_simulations, simulation_id)
     assert simulation["experiment_id"] == "exp-1" and simulation["parameters"] == {"agents": 1}
     assert simulation["status"] == "completed" and simulation["end_time"] >= simulation["start_time"] > 0
 
@@ -91,7 +91,7 @@ def test_every_record_kind_round_trips_with_every_field(redis_server, sqlite_url
 
     resources = sorted((r["step_number"], r["resource_id"], r["amount"], r["position_x"], r["position_y"])
                        for r in rows(sink_engine, schema.resource_states, simulation_id))
-    assert resources == [(0, 8, 30.0, 5.0, 6.0), (1, 7, 42.0, 8.0, 9.0)]
+    assert resources == [(0, "resource_8", 30.0, 5.0, 6.0), (1, "resource_7", 42.0, 8.0, 9.0)]
 
     [step] = rows(sink_engine, schema.simulation_steps, simulation_id)
     assert step["agent_type_counts"] == {"system": 1, "independent": 1}
@@ -131,7 +131,7 @@ def test_the_same_entries_added_twice_write_nothing_new(redis_server, sqlite_url
 
     # Then: one row per record
     counts = {t.name: len(rows(sink_engine, t, simulation_id)) for t in schema.DATA_TABLES}
-    assert counts == {"simulations": 1, "agents": 0, "agent_states": 3, "resource_states": 3,
+    assert counts == {"simstream_simulations": 1, "agents": 0, "agent_states": 3, "resource_states": 3,
                       "simulation_steps": 3, "agent_actions": 3, "health_incidents": 0,
                       "interactions": 0, "reproduction_events": 0}
     assert worker.stats.dead_lettered == 0
@@ -150,6 +150,6 @@ def test_a_resumed_simulation_keeps_what_its_first_producer_recorded(redis_serve
     drain_with_worker(redis_server.url, sqlite_url, namespace)
 
     # Then: one simulations row, with the first producer's experiment and parameters, completed
-    [row] = rows(sink_engine, schema.simulations, simulation_id)
+    [row] = rows(sink_engine, schema.simstream_simulations, simulation_id)
     assert row["experiment_id"] == "exp-1" and row["parameters"] == {"agents": 30}
     assert row["status"] == "completed" and row["end_time"] is not None

@@ -37,11 +37,12 @@ def test_undecodable_payloads_raise_a_record_error_saying_why(payload, message):
 
 @pytest.mark.parametrize("change, message", [
     ({"agent_id": None}, "'agent_id' is required"),
-    ({"birth_time": "zero"}, "'birth_time' must be int"),
-    ({"position_x": True}, "'position_x' must be"),
+    ({"birth_time": {"step": 0}}, "'birth_time' must be a single value"),
+    ({"position_x": [1.0, 2.0]}, "'position_x' must be a single value"),
+    ({"birth_time": 2**63}, "'birth_time' must be an integer of at most 64 bits"),
     ({"wings": 2}, "unknown fields"),
 ])
-def test_mistyped_or_missing_fields_are_rejected_by_name(change, message):
+def test_values_no_column_can_take_are_rejected_by_name(change, message):
     fields = {**AGENT, **change}
     fields = {k: v for k, v in fields.items() if v is not None}
     with pytest.raises(RecordError, match=message):
@@ -71,7 +72,8 @@ def test_agent_state_rows_get_the_reference_id():
     assert KINDS["agent_state"].to_row("sim-1", "p:1", fields)["id"] == "sim-1:a1-3"
 
 
-@pytest.mark.parametrize("value, accepted", [(True, True), (0, True), (1, True), (2, False), (1.0, False)])
+@pytest.mark.parametrize("value, accepted", [(True, True), (0, True), (1, True), (1.0, True), (2, False),
+                                             ("1", False)])
 def test_a_bool_field_takes_a_bool_or_0_or_1(value, accepted):
     fields = {"step_number": 3, "agent_id": "a1", "position_x": 1.0, "position_y": 2.0, "resource_level": 1.0,
               "current_health": 1.0, "starting_health": 1.0, "starvation_counter": 0, "is_defending": value,
@@ -79,7 +81,7 @@ def test_a_bool_field_takes_a_bool_or_0_or_1(value, accepted):
     if accepted:
         assert KINDS["agent_state"].to_row("sim-1", "p:1", fields)["is_defending"] == value
     else:
-        with pytest.raises(RecordError, match="'is_defending' must be bool \\(or 0/1\\)"):
+        with pytest.raises(RecordError, match="'is_defending' must be a bool \\(or 0/1\\)"):
             KINDS["agent_state"].to_row("sim-1", "p:1", fields)
 
 
@@ -100,3 +102,11 @@ def test_values_msgpack_cannot_carry_are_sent_as_their_repr_never_raised():
     assert record.fields["details"] == {"when": repr(datetime.datetime(2026, 1, 2)), "big": repr(2**70),
                                         "ok": [1, 2.5, "x"]}
     assert decode(encode("agent_action", "p", 10, {"step_number": 2})).fields == {"step_number": 2}
+
+
+@pytest.mark.parametrize("field, value", [("birth_time", "7"), ("birth_time", 7.0), ("agent_id", 13),
+                                          ("position_x", True), ("initial_resources", "5.5")])
+def test_a_value_is_not_rejected_for_its_python_type(field, value):
+    # The database stores it as the reference's own path would (SQLite's affinity; the PostgreSQL
+    # sink converts what it can without loss): the record checker leaves types to it.
+    assert KINDS["agent"].to_row("sim", "p:1", {**AGENT, field: value})[field] == value

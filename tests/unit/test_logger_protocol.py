@@ -3,6 +3,8 @@
 The reference signatures are written down here from the reference simulation's logger (see the
 project's notes on its schema), independent of the code under test. Parameter names, kinds and
 defaults must be equal; annotations are not compared (they are documentation, not protocol).
+simstream's own extensions are keyword-only parameters with defaults after the reference ones
+(listed in EXTENSIONS), so every call the reference accepts is accepted the same way.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ReferenceLogger:
 
 
 PROTOCOL = [name for name in vars(ReferenceLogger) if not name.startswith("_")]
+EXTENSIONS = {"flush_all_buffers": ("wait_persisted", "timeout_s")}
 
 
 def _shape(function) -> list[tuple[str, object, object]]:
@@ -61,8 +64,13 @@ def test_the_protocol_lists_every_method_of_the_reference():
 
 @pytest.mark.parametrize("method", PROTOCOL)
 def test_each_logger_method_has_the_reference_signature(method):
-    ours = getattr(RedisBufferedDataLogger, method)
-    assert _shape(ours) == _shape(getattr(ReferenceLogger, method))
+    ours = _shape(getattr(RedisBufferedDataLogger, method))
+    reference = _shape(getattr(ReferenceLogger, method))
+    extra = ours[len(reference):]
+    assert ours[:len(reference)] == reference
+    assert tuple(name for name, _, _ in extra) == EXTENSIONS.get(method, ())
+    assert all(kind is inspect.Parameter.KEYWORD_ONLY and default is not inspect.Parameter.empty
+               for _, kind, default in extra)
 
 
 def test_discard_pending_agents_returns_an_int():

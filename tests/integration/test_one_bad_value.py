@@ -1,0 +1,240 @@
+"""A record is the unit of failure: one bad value among thousands costs that record, nothing more.
+
+Runs the real CLI (``simstream consume --drain``, ``simstream dlq retry``) against a real Redis and
+a real SQLite file or PostgreSQL schema (skipped, saying why, where no PostgreSQL answers). Also:
+dead letters keyed per record on a database made by the previous version, and a database that
+refuses every write kept apart from a bad record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint,
+                        create_engine, insert, select)
+
+from common import schema
+from common.codec import decode, make_encoder
+from common.connections import create_sink_engine, ensure_schema
+from common.errors import DatabaseUnavailable
+from common.keys import Keys
+from consumer.sink import DeadLetter, Sink
+from consumer.stream_reader import Entry
+from producer import RedisBufferedDataLogger
+
+pytestmark = [pytest.mark.newest_redis, pytest.mark.timeout(300)]
+
+VALID = 3000
+DRAIN_WITHIN_S = 60
+FAST = ("--block-ms", "100", "--batch-size", "500")
+WORKER_EXITS = ("supervisor.worker_died", "supervisor.worker_failed", "worker.failed")
+
+
+def nested(depth: int) -> dict:
+    """A dict ``depth`` levels deep."""
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def depth_of(value) -> int:
+    depth = 0
+    while isinstance(value, dict):
+        depth, value = depth + 1, value.get("k")
+    return depth
+
+
+# agent_id of each bad record -> (its arguments to log_agent_action, the cause its dead letter must name)
+BAD = {
+    "bad-int": (dict(step_number=2**63, action_type="move"),
+                {"sqlite": "must be an integer of at most 64 bits",
+                 "postgresql": "must be an integer of at most 64 bits"}),
+    "bad-nesting": (dict(step_number=1, action_type="move", details=nested(1000)),
+                    {"sqlite": "RecursionError: maximum recursion depth exceeded",
+                     "postgresql": "RecursionError: maximum recursion depth exceeded"}),
+    "bad-length": (dict(step_number=1, action_type="x" * 101),
+                   {"postgresql": "value too long for type character varying(100)"}),
+    "bad-int32": (dict(step_number=2**40, action_type="move"),
+                  {"postgresql": "out of range"}),
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sink_url(request, tmp_path) -> tuple[str, str]:
+    """(dialect, URL) of the sink: a SQLite file, or the test's own PostgreSQL schema."""
+    if request.param == "postgresql":
+        return "postgresql", request.getfixturevalue("postgres_url")
+    return "sqlite", f"sqlite:///{tmp_path / 'sink.db'}"
+
+
+def bad_records_for(dialect: str) -> dict[str, tuple[dict, str]]:
+    """The bad records this sink must refuse (SQLite takes a string of any length)."""
+    return {agent_id: (args, causes[dialect]) for agent_id, (args, causes) in BAD.items() if dialect in causes}
+
+
+def produce(redis_url: str, namespace: str, simulation_id: str, bad: dict[str, tuple[dict, str]]) -> None:
+    """VALID actions, the bad ones spread among them so that each shares a batch with valid ones."""
+    logger = RedisBufferedDataLogger(simulation_id, redis_url, namespace=namespace)
+    spots = {VALID * (n + 1) // (len(bad) + 1): agent_id for n, agent_id in enumerate(bad)}
+    for i in range(VALID):
+        if i in spots:
+            logger.log_agent_action(agent_id=spots[i], **bad[spots[i]][0])
+        logger.log_agent_action(step_number=i, agent_id=f"a{i}", action_type="move", reward=0.5, details={"i": i})
+    report = logger.close()
+    assert report.complete and report.in_redis == report.logged and report.waiting == 0
+
+
+def assert_bad_values_reached_redis(client, stream: str, bad: dict) -> None:
+    """The producer sent each bad value as it was (not refused, not replaced by its repr)."""
+    found = {}
+    for _, fields in client.xrange(stream):
+        record = decode(fields[b"r"])
+        if record.fields.get("agent_id") in bad:
+            found[record.fields["agent_id"]] = record.fields
+    assert sorted(found) == sorted(bad)
+    if "bad-int" in found:
+        assert found["bad-int"]["step_number"] == 2**63
+    if "bad-nesting" in found:
+        assert depth_of(found["bad-nesting"]["details"]) == 1000
+    if "bad-length" in found:
+        assert found["bad-length"]["action_type"] == "x" * 101
+
+
+def consume_until_drained(cli, db_url: str) -> str:
+    """``simstream consume --drain``: exits 0, within DRAIN_WITHIN_S, no worker exiting on the way."""
+    started = time.monotonic()
+    result = cli.run("consume", "--processes", "1", "--drain", "--db", db_url, *FAST, timeout=DRAIN_WITHIN_S + 30)
+    elapsed_s = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-2000:]
+    assert elapsed_s < DRAIN_WITHIN_S, f"drain took {elapsed_s:.1f}s"
+    assert not [event for event in WORKER_EXITS if event in output], output[-2000:]
+    assert "restarts=0" in output
+    return output
+
+
+def assert_only_bad_ones_dead_lettered(engine, simulation_id: str, bad: dict[str, tuple[dict, str]]) -> None:
+    """Every valid action is a row exactly once; each bad one is a dead letter naming its cause."""
+    with engine.connect() as connection:
+        actions = schema.agent_actions
+        agent_ids = Counter(row.agent_id for row in connection.execute(
+            select(actions.c.agent_id).where(actions.c.simulation_id == simulation_id)))
+        letters = connection.execute(select(schema.dead_letters)).all()
+    for i in range(VALID):
+        assert agent_ids[f"a{i}"] == 1, f"a{i} persisted {agent_ids[f'a{i}']} times"
+    assert sum(agent_ids.values()) == VALID, f"unexpected rows: {set(agent_ids) - {f'a{i}' for i in range(VALID)}}"
+    by_agent = {decode(letter.raw).fields["agent_id"]: letter for letter in letters}
+    assert len(letters) == len(by_agent) == len(bad), [letter.error for letter in letters]
+    for agent_id, (_, cause) in bad.items():
+        letter = by_agent[agent_id]
+        assert cause in letter.error, f"{agent_id}: {letter.error}"
+        assert letter.simulation_id == simulation_id and letter.entry_index == 0
+        assert letter.delivery_count is None  # dead-lettered on its first delivery, not by the limit
+
+
+def dead_letter_entries(engine) -> set[str]:
+    with engine.connect() as connection:
+        return {row.entry_id for row in connection.execute(select(schema.dead_letters.c.entry_id))}
+
+
+def test_one_bad_value_dead_letters_only_its_record_and_dlq_retry_keeps_it_so(
+        cli, redis_server, sink_url, simulation_id, namespace):
+    # Given: 3,000 valid actions and, among them, one record per bad value this sink must refuse
+    dialect, db_url = sink_url
+    bad = bad_records_for(dialect)
+    client, stream = redis_server.client(), Keys(namespace).stream(simulation_id)
+    produce(redis_server.url, namespace, simulation_id, bad)
+    assert_bad_values_reached_redis(client, stream, bad)
+    engine = create_engine(db_url)
+
+    try:
+        # When: consumers drain the simulation
+        consume_until_drained(cli, db_url)
+
+        # Then: exactly the bad records are dead letters, each with its real cause; the rest are rows
+        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad)
+        first_entries = dead_letter_entries(engine)
+
+        # When: the dead letters are re-driven and drained again
+        retried = cli.run("dlq", "retry", "--db", db_url)
+        assert retried.returncode == 0 and f"re-driven: {len(bad)}" in retried.stdout, retried.stdout + retried.stderr
+        consume_until_drained(cli, db_url)
+
+        # Then: the bad ones are dead letters again, alone (new entries); every valid row is still there once
+        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad)
+        assert not dead_letter_entries(engine) & first_entries
+    finally:
+        engine.dispose()
+
+
+def previous_dead_letters_table() -> Table:
+    """``dead_letters`` as the previous version created it: one dead letter per stream entry."""
+    return Table(
+        "dead_letters", MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("stream", String(400), nullable=False),
+        Column("entry_id", String(64), nullable=False),
+        Column("simulation_id", String(200)),
+        Column("raw", LargeBinary),
+        Column("error", Text, nullable=False),
+        Column("delivery_count", Integer),
+        Column("created_at", Float, nullable=False),
+        UniqueConstraint("stream", "entry_id", name="uq_dead_letters_entry"),
+    )
+
+
+def test_a_database_from_the_previous_version_gets_dead_letters_keyed_by_record(sink_url):
+    # Given: a sink database made by the previous version, holding one dead letter
+    _, db_url = sink_url
+    engine = create_sink_engine(db_url)
+    old = previous_dead_letters_table()
+    old.create(engine)
+    with engine.begin() as connection:
+        connection.execute(insert(old).values(stream="s", entry_id="1-1", simulation_id="sim", raw=b"x",
+                                              error="old reason", created_at=1.0))
+
+    try:
+        # When: this version starts on it (twice, as several consumers would)
+        ensure_schema(engine)
+        ensure_schema(engine)
+
+        # Then: the old dead letter is kept, as record 0 of its entry, and one entry can now hold
+        # several dead letters (index 0 and 1), each once however often it is written
+        encode = make_encoder()
+        payload = encode("agent_action", "p", 1, {"step_number": 1, "agent_id": "a", "action_type": "m"})
+        letters = [DeadLetter(b"2-1", payload, "first", index=0), DeadLetter(b"2-1", payload, "second", index=1)]
+        sink = Sink(engine)
+        for _ in range(2):
+            assert sink.write("s", "sim", [], letters).dead_letters == 2
+        with engine.connect() as connection:
+            rows = connection.execute(select(schema.dead_letters).order_by(schema.dead_letters.c.id)).all()
+        assert [(r.entry_id, r.entry_index, r.error, r.raw) for r in rows][0] == ("1-1", 0, "old reason", b"x")
+        assert [(r.entry_id, r.entry_index, r.error) for r in rows[1:]] == [("2-1", 0, "first"), ("2-1", 1, "second")]
+    finally:
+        engine.dispose()
+
+
+def test_a_database_that_refuses_every_write_is_unavailable_not_a_bad_record(tmp_path):
+    # Given: a SQLite sink whose every insert, dead letters included, is refused (no record's fault)
+    engine = create_sink_engine(f"sqlite:///{tmp_path / 'sink.db'}")
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        for table in ("agent_actions", "dead_letters"):
+            connection.exec_driver_sql(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+                                       "BEGIN SELECT RAISE(ABORT, 'read only for now'); END")
+    encode = make_encoder()
+    entries = [Entry(f"1-{seq}".encode(), encode("agent_action", "p", seq, {
+        "step_number": 1, "agent_id": f"a{seq}", "action_type": "move"})) for seq in range(1, 5)]
+
+    try:
+        # When / Then: the batch is not dead-lettered record by record; the caller keeps it pending
+        with pytest.raises(DatabaseUnavailable, match="refused the dead letters too"):
+            Sink(engine).write("s", "sim", entries)
+        with engine.connect() as connection:
+            assert connection.execute(select(schema.dead_letters)).all() == []
+            assert connection.execute(select(schema.agent_actions)).all() == []
+    finally:
+        engine.dispose()
