@@ -88,6 +88,19 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("deployment", deployments, ids=[d.id for d in deployments], indirect=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def journals_out_of_the_repository(tmp_path_factory):
+    """Producers that spill without a journal_dir of their own write into a temporary folder, not
+    into the working directory (a journal once left there was committed by mistake)."""
+    previous = os.environ.get("SIMSTREAM_JOURNAL_DIR")
+    os.environ["SIMSTREAM_JOURNAL_DIR"] = str(tmp_path_factory.mktemp("journals"))
+    yield
+    if previous is None:
+        os.environ.pop("SIMSTREAM_JOURNAL_DIR", None)
+    else:
+        os.environ["SIMSTREAM_JOURNAL_DIR"] = previous
+
+
 @pytest.fixture
 def deployment(request) -> Deployment:
     return request.param
