@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import func, select
 
 from common import schema
-from common.connections import create_sink_engine, ensure_schema, redis_client
+from common.connections import check_redis, create_sink_engine, ensure_schema, redis_client
 from common.embedded_redis import EmbeddedRedis
 from common.errors import ExitCode, RedisUnavailable
 from common.keys import Keys
@@ -78,10 +78,7 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
     ensure_schema(engine)
     with demo_redis(redis_url, embedded) as (url, where):
         client = redis_client(url)
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {url}: {exc}; fix --redis-url") from exc
+        check_redis(client, url)
         print(f"simstream demo: simulation {simulation_id}, {agents} agents x {steps} steps, "
               f"{consumers} consumer processes\n  redis: {url} ({where})\n  database: {db_url}", flush=True)
         env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url}
