@@ -4,6 +4,7 @@ from common.codec import FORMAT_VERSION, Record, decode, make_encoder
 from common.errors import (ConfigurationError, DatabaseUnavailable, ExitCode, GroupMissing, PermanentError,
                            PersistTimeout, RecordError, RedisUnavailable, SimstreamError, TransientError)
 from common.keys import Keys
+from common.masking import mask_secrets
 from common.records import KINDS, RecordKind
 from common.recent_state import RecentStates
 from common.settings import ConsumerSettings, ProducerSettings
@@ -15,5 +16,5 @@ __all__ = [
     "GroupMissing", "Keys", "Mix", "PermanentError", "PersistTimeout", "ProducerSettings", "Record", "RecordError",
     "RecordKind",
     "RecentStates", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "SimstreamError", "TierWriter",
-    "TransientError", "decode", "make_encoder",
+    "TransientError", "decode", "make_encoder", "mask_secrets",
 ]

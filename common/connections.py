@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavailable
 from common.keys import validate_simulation_id
+from common.masking import mask_secrets
 from common.schema_setup import ensure_schema  # noqa: F401  (re-exported: the sink and the CLI ensure schemas through here)
 from common.settings import (ENV_DB_URL, ENV_REDIS_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url,
                              validate_redis_url)
@@ -48,7 +49,7 @@ def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | Redi
         cluster = int(client.info("cluster").get("cluster_enabled", 0)) == 1
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         client.close()
-        raise RedisUnreachable(_unreachable(url, exc)) from exc
+        raise RedisUnreachable(redis_failure(url, exc)) from exc
     except redis.ResponseError:
         cluster = False  # INFO refused (a restricted managed server): clusters always answer it
     if not cluster:
@@ -57,7 +58,7 @@ def redis_client(url: str, socket_timeout_s: float = 10.0) -> redis.Redis | Redi
     try:
         return RedisCluster.from_url(url, **options)
     except RedisClusterException as exc:  # not a RedisError: raised when no node answers
-        raise RedisUnreachable(f"cannot reach the Redis Cluster at {url}: {exc}") from exc
+        raise RedisUnreachable(f"cannot reach the Redis Cluster at {mask_secrets(url)}: {exc}") from exc
 
 
 def is_cluster(client: redis.Redis | RedisCluster) -> bool:
@@ -71,25 +72,30 @@ def check_redis(client: redis.Redis, url: str) -> None:
     try:
         client.ping()
     except redis.ResponseError as exc:
-        raise ConfigurationError(
+        raise ConfigurationError(mask_secrets(
             f"Redis at {url} refused the connection: {_reason(exc)}; check the database number "
-            f"(0 to the server's `databases` - 1), user and password in --redis-url / {ENV_REDIS_URL}"
-        ) from exc
+            f"(0 to the server's `databases` - 1), user and password in --redis-url / {ENV_REDIS_URL}")) from exc
     except redis.RedisError as exc:
-        raise RedisUnavailable(_unreachable(url, exc)) from exc
+        raise RedisUnavailable(redis_failure(url, exc)) from exc
+
+
+def redis_failure(url: str, exc: BaseException) -> str:
+    """One line for a Redis that did not let us in: the URL (password masked), the cause, what to do."""
+    cause = " ".join(str(exc).split()).rstrip(".")
+    if isinstance(exc, redis.AuthenticationError):
+        hint = "check the user name and password in --redis-url / SIMSTREAM_REDIS_URL"
+    elif "SSL" in cause or "certificate" in cause.lower():
+        hint = ("check that the server's certificate is signed by the CA given as ssl_ca_certs= in the "
+                "rediss:// URL or --redis-ca-certs / SIMSTREAM_REDIS_CA_CERTS, and names the host")
+    else:
+        hint = ("start one (`simstream redis`) or point --redis-url / SIMSTREAM_REDIS_URL at a running "
+                "server")
+    return mask_secrets(f"cannot reach Redis at {url}: {cause}; {hint}")
 
 
 def _reason(exc: BaseException) -> str:
     """A library's message as a clause: one line, no closing period (ours follows after a ';')."""
     return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-
-
-def _unreachable(url: str, exc: BaseException) -> str:
-    if isinstance(exc, redis.AuthenticationError):
-        return (f"Redis at {url} refused the login: {_reason(exc)}; check the user and password in "
-                f"--redis-url / {ENV_REDIS_URL}")
-    return (f"cannot reach Redis at {url}: {_reason(exc)}; start one (`simstream redis`) or point "
-            f"--redis-url / {ENV_REDIS_URL} at a running server")
 
 
 def _sqlite_path_ready(url: str, create_folder: bool) -> None:
@@ -98,7 +104,7 @@ def _sqlite_path_ready(url: str, create_folder: bool) -> None:
     database = make_url(url).database
     if not database or database == ":memory:":
         raise ConfigurationError(
-            f"database URL {url!r} names no file; consumers in several processes need a file: "
+            f"database URL {mask_secrets(url)!r} names no file; consumers in several processes need a file: "
             "sqlite:///path/to/file.db"
         )
     folder = Path(database).expanduser().resolve().parent
@@ -109,9 +115,11 @@ def _sqlite_path_ready(url: str, create_folder: bool) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigurationError(f"cannot create the folder {folder} for {url!r}: {exc.strerror}") from exc
+        raise ConfigurationError(f"cannot create the folder {folder} for {mask_secrets(url)!r}: "
+                                 f"{exc.strerror}") from exc
     if not os.access(folder, os.W_OK):
-        raise ConfigurationError(f"the folder {folder} of {url!r} is not writable; choose another --db")
+        raise ConfigurationError(f"the folder {folder} of {mask_secrets(url)!r} is not writable; "
+                                 "choose another --db")
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -159,7 +167,7 @@ def create_sink_engine(url: str, *, create_folder: bool = True) -> Engine:
     validate_db_url(url)
     if is_per_simulation(url):
         raise ConfigurationError(
-            f"database URL {url!r} is a per-simulation template; name the simulation "
+            f"database URL {mask_secrets(url)!r} is a per-simulation template; name the simulation "
             f"(fill in {SIMULATION_ID_PLACEHOLDER}) to open one of its files"
         )
     if make_url(url).get_backend_name() == "sqlite":
@@ -171,5 +179,5 @@ def create_sink_engine(url: str, *, create_folder: bool = True) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise ConfigurationError(
-            f"the driver for {url!r} is not installed ({exc.name}); pip install 'simstream[postgres]'"
+            f"the driver for {mask_secrets(url)!r} is not installed ({exc.name}); pip install 'simstream[postgres]'"
         ) from exc

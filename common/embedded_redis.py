@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from common.errors import ConfigurationError, RedisUnavailable
+from common.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class EmbeddedRedis:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=_die_with_parent)
         self._wait_ready(timeout_s)
-        log.info("embedded_redis.started url=%s pid=%s binary=%s", self.url, self.process.pid, self.binary)
+        log.info("embedded_redis.started url=%s pid=%s binary=%s", mask_secrets(self.url), self.process.pid,
+                 self.binary)
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -165,7 +167,7 @@ class EmbeddedRedis:
         if "already in use" in tail:
             raise RedisUnavailable(f"cannot start Redis at {self.url}: another process already listens there; "
                                    "choose another --port, or use the server that is running there")
-        raise RedisUnavailable(f"redis-server at {self.url} did not start: {tail}")
+        raise RedisUnavailable(mask_secrets(f"redis-server at {self.url} did not start: {tail}"))
 
     @staticmethod
     def _answering_pid(client: redis.Redis) -> int | None:

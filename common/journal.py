@@ -12,6 +12,9 @@ refreshes the simulation's heartbeat (:mod:`common.heartbeat`): a simulation sho
 because its producer died comes back to life when its journal is replayed. The folder is created
 when a journal is first appended to, and producers remove it once a replay leaves it empty.
 
+Journals hold simulation data: the folder is created readable by its owner only (0700) and each
+file too (0600), whatever the umask.
+
 Appending and replaying hold an exclusive ``flock`` on the file, so a replay by another process
 (``simstream replay-journal``, a second producer of the simulation) never removes frames its
 owner appended after the replay read the file: an append that waited on the lock finds the file
@@ -41,6 +44,8 @@ from common.layouts import META_FIELD as LAYOUT_FIELD
 _FRAME_HEADER = struct.Struct(">I")
 _COMPLETE_MARKER = b""
 SUFFIX = ".journal"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def journal_path(directory: str | Path, simulation_id: str, producer_id: str) -> Path:
@@ -71,6 +76,7 @@ class Journal:
 
     def append(self, payloads: list[bytes]) -> None:
         """Write ``payloads`` as frames; they are on disk (or in the OS cache) when this returns."""
+        _make_folder(self.path.parent)
         with _locked(self.path, "ab") as handle:
             handle.write(b"".join(_FRAME_HEADER.pack(len(p)) + p for p in payloads))
             handle.flush()
@@ -86,17 +92,40 @@ class Journal:
         return self.path.exists()
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the journal folder (and its parents) owner-only; an existing folder is left as it is."""
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return  # another producer created it first
+    os.chmod(folder, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """open()'s opener: a file it creates is owner-only (0600; a umask only removes bits), and one
+    it appends to that others could read (left by an older version) is made so."""
+    fd = os.open(path, flags, FILE_MODE)
+    if flags & os.O_CREAT:
+        status = os.fstat(fd)
+        if status.st_mode & 0o077 and status.st_uid == os.geteuid():
+            os.fchmod(fd, FILE_MODE)
+    return fd
+
+
 @contextlib.contextmanager
 def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
     """``path`` opened and exclusively locked; FileNotFoundError if it is gone (read modes)."""
     while True:
         try:
-            handle = open(path, mode)
+            handle = open(path, mode, opener=_owner_only)
         except FileNotFoundError:
             if "a" not in mode:
                 raise
-            # The folder is created on demand, and a replay removes it once empty: make it (again).
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # A producer removes the folder once a replay leaves it empty: make it (again).
+            _make_folder(path.parent)
             continue
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         if os.fstat(handle.fileno()).st_nlink > 0:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from common.agentfarm_schema import KEYED_TABLES as AGENTFARM_KEYED_TABLES
 from common.errors import ConfigurationError, DatabaseUnavailable
 from common.layouts import AGENTFARM, STANDALONE, layout_named
+from common.masking import mask_secrets
 from common.schema import dead_letters
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,14 @@ def ensure_schema(engine: Engine, layout_name: str = STANDALONE) -> None:
     except SchemaUnusable:
         raise
     except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(
-            f"cannot create the schema at {engine.url!r}: {getattr(exc, 'orig', None) or exc}; "
-            "check --db / SIMSTREAM_DB_URL and that the database is up") from exc
+        raise DatabaseUnavailable(mask_secrets(
+            f"cannot create the schema at {shown_url(engine)!r}: {getattr(exc, 'orig', None) or exc}; "
+            "check --db / SIMSTREAM_DB_URL and that the database is up")) from exc
+
+
+def shown_url(engine: Engine) -> str:
+    """The engine's URL as simstream prints it: every password masked, query parameters too."""
+    return mask_secrets(engine.url.render_as_string(hide_password=False))
 
 
 def _create_sqlite(engine: Engine, layout) -> None:
@@ -128,7 +134,7 @@ def check_schema(engine: Engine, layout_name: str = STANDALONE) -> None:
 def _check_table(engine: Engine, inspector, table: Table) -> None:
     dialect = engine.dialect
     found = {column["name"]: column for column in inspector.get_columns(table.name)}
-    where = f"table {table.name} of {engine.url!r}"
+    where = f"table {table.name} of {shown_url(engine)!r}"
     for column in table.columns:
         existing = found.get(column.name)
         if existing is None:

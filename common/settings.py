@@ -10,12 +10,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from common.errors import ConfigurationError
+from common.masking import mask_secrets
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DB_URL = "sqlite:///simstream.db"
@@ -27,6 +28,7 @@ ENV_DB_URL = "SIMSTREAM_DB_URL"
 ENV_NAMESPACE = "SIMSTREAM_NAMESPACE"
 ENV_GROUP = "SIMSTREAM_GROUP"
 ENV_JOURNAL_DIR = "SIMSTREAM_JOURNAL_DIR"
+ENV_REDIS_CA_CERTS = "SIMSTREAM_REDIS_CA_CERTS"
 ENV_ABANDONED_AFTER_S = "SIMSTREAM_ABANDONED_AFTER_S"
 ENV_WAIT_FOR_SIMULATION_S = "SIMSTREAM_WAIT_FOR_SIMULATION_S"
 DEFAULT_ABANDONED_AFTER_S = 180.0
@@ -45,11 +47,14 @@ T = TypeVar("T")
 
 
 def validate_redis_url(url: str) -> str:
-    """Return ``url`` if it is a Redis URL simstream can use, else raise ConfigurationError."""
+    """Return ``url`` if it is a Redis URL simstream can use, else raise ConfigurationError.
+
+    A CA file named in the URL (``?ssl_ca_certs=PATH``) must be a readable file.
+    """
     parts = urlsplit(url)
     if parts.scheme not in REDIS_SCHEMES:
         raise ConfigurationError(
-            f"Redis URL {url!r} has scheme {parts.scheme or 'none'!r}; use redis://HOST:PORT/DB, "
+            f"Redis URL {mask_secrets(url)!r} has scheme {parts.scheme or 'none'!r}; use redis://HOST:PORT/DB, "
             f"rediss://... or unix:///path/to/redis.sock (set --redis-url or {ENV_REDIS_URL})"
         )
     try:
@@ -57,10 +62,34 @@ def validate_redis_url(url: str) -> str:
     except ValueError:
         port = parts.netloc.rpartition(":")[2]
         raise ConfigurationError(
-            f"Redis URL {url!r} has port {port!r}; a port is a number from 1 to 65535, "
+            f"Redis URL {mask_secrets(url)!r} has port {port!r}; a port is a number from 1 to 65535, "
             f"as in redis://HOST:6379/0 (set --redis-url or {ENV_REDIS_URL})"
         ) from None
+    for ca_file in parse_qs(parts.query).get("ssl_ca_certs", []):
+        _require_readable_file(ca_file, f"the CA file of Redis URL {mask_secrets(url)!r}")
     return url
+
+
+def redis_url_with_ca(url: str, ca_certs: str | None) -> str:
+    """``url`` carrying ``ca_certs`` as its ``ssl_ca_certs`` parameter (a CA already in the URL wins).
+
+    The CA file is how a ``rediss://`` client trusts a server certificate no public CA signed;
+    ConfigurationError if it is not a readable file or the URL does not use TLS.
+    """
+    if not ca_certs or "ssl_ca_certs" in parse_qs(urlsplit(url).query):
+        return url
+    if urlsplit(url).scheme != "rediss":
+        raise ConfigurationError(
+            f"a Redis CA file ({ENV_REDIS_CA_CERTS} / --redis-ca-certs) needs a rediss:// URL, "
+            f"got {mask_secrets(url)!r}")
+    _require_readable_file(ca_certs, f"the Redis CA file ({ENV_REDIS_CA_CERTS} / --redis-ca-certs)")
+    separator = "&" if urlsplit(url).query else "?"
+    return f"{url.split('#', 1)[0]}{separator}ssl_ca_certs={quote(os.path.abspath(ca_certs), safe='/')}"
+
+
+def _require_readable_file(path: str, what: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigurationError(f"{what} {path!r} is not a readable file")
 
 
 def validate_db_url(url: str) -> str:
@@ -69,23 +98,23 @@ def validate_db_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigurationError(
-            f"database URL {url!r} is not a SQLAlchemy URL; use sqlite:///path/to/file.db or "
+            f"database URL {mask_secrets(url)!r} is not a SQLAlchemy URL; use sqlite:///path/to/file.db or "
             f"postgresql+psycopg://user@host/db (set --db or {ENV_DB_URL})"
         ) from exc
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigurationError(
-            f"database URL {url!r}: backend {parsed.get_backend_name()!r} is not supported; "
+            f"database URL {mask_secrets(url)!r}: backend {parsed.get_backend_name()!r} is not supported; "
             "use sqlite:/// or postgresql+psycopg://"
         )
     if SIMULATION_ID_PLACEHOLDER in url and parsed.get_backend_name() != "sqlite":
         raise ConfigurationError(
-            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names; "
+            f"database URL {mask_secrets(url)!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names; "
             "PostgreSQL holds every simulation in one database, so leave it out"
         )
     if SIMULATION_ID_PLACEHOLDER in url and SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or ""):
         raise ConfigurationError(
-            f"database URL {url!r}: {SIMULATION_ID_PLACEHOLDER} may stand in the file name only, "
-            "not in a folder: e.g. sqlite:///runs/{simulation_id}.db"
+            f"database URL {mask_secrets(url)!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names, "
+            "not for a folder: e.g. sqlite:///runs/{simulation_id}.db"
         )
     return url
 
@@ -107,6 +136,13 @@ def _require_positive(owner: object, *names: str) -> None:
         value = getattr(owner, name)
         if value <= 0:
             raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+
+
+def _masked_repr(settings: object) -> str:
+    """A settings object's repr with every URL's password masked."""
+    fields = ", ".join(f"{field.name}={mask_secrets(repr(getattr(settings, field.name)))}"
+                       for field in dataclasses.fields(settings))
+    return f"{type(settings).__name__}({fields})"
 
 
 def _env_seconds(name: str) -> float | None:
@@ -140,6 +176,7 @@ class ProducerSettings:
     ``replay_earlier_journals``: a journal an earlier producer of the same simulation left in
     ``journal_dir`` is replayed into this run (True, with a warning naming it) or left on disk
     for ``simstream replay-journal`` (False, with a warning saying so).
+    ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
 
     ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
     consumers'); ``persist_timeout_s`` bounds ``flush_all_buffers(wait_persisted=True)``;
@@ -147,10 +184,12 @@ class ProducerSettings:
     consumers to create their group (they look for new streams every second) before saying there
     is none. ``heartbeat_interval_s``: the sender refreshes the simulation's heartbeat with every
     batch and at least this often while idle (see ``simstream status``, state ``abandoned``).
+    The repr masks the URL's password.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
     namespace: str = DEFAULT_NAMESPACE
+    redis_ca_certs: str = ""
     batch_size: int = 2000
     flush_interval_s: float = 0.05
     close_timeout_s: float = 60.0
@@ -173,6 +212,7 @@ class ProducerSettings:
     def __post_init__(self) -> None:
         from common.layouts import layout_named  # the table definitions are not needed to read settings
 
+        object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
         validate_redis_url(self.redis_url)
         layout_named(self.layout)
         _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
@@ -187,11 +227,15 @@ class ProducerSettings:
         if self.low_water_records > self.high_water_records:
             raise ConfigurationError("low_water_records must not exceed high_water_records")
 
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
     @classmethod
     def from_env(cls, **explicit: Any) -> ProducerSettings:
         """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
+               "redis_ca_certs": os.environ.get(ENV_REDIS_CA_CERTS, ""),
                "journal_dir": os.environ.get(ENV_JOURNAL_DIR, ""),
                "group": os.environ.get(ENV_GROUP, "")}
         return _env_overrides(cls, env, explicit)
@@ -206,12 +250,15 @@ class ConsumerSettings:
     started before any simulation exists, wait up to ``wait_for_simulation_s`` for the first one.
     ``abandoned_after_s``: a simulation that is not complete and whose producer has not been heard
     from for this long (its heartbeat, else its newest entry) is abandoned.
+    ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
+    The repr masks the URLs' passwords.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
     db_url: str = DEFAULT_DB_URL
     namespace: str = DEFAULT_NAMESPACE
     group: str = DEFAULT_GROUP
+    redis_ca_certs: str = ""
     batch_size: int = 1000
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
@@ -224,6 +271,7 @@ class ConsumerSettings:
     wait_for_simulation_s: float = DEFAULT_WAIT_FOR_SIMULATION_S
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
         validate_redis_url(self.redis_url)
         validate_db_url(self.db_url)
         _require_positive(self, "batch_size", "block_ms", "claim_interval_ms",
@@ -233,12 +281,16 @@ class ConsumerSettings:
         if self.claim_idle_ms < 0:
             raise ConfigurationError(f"claim_idle_ms must be >= 0, got {self.claim_idle_ms!r}")
 
+    def __repr__(self) -> str:
+        return _masked_repr(self)
+
     @classmethod
     def from_env(cls, **explicit: Any) -> ConsumerSettings:
         """Settings from ``SIMSTREAM_*`` variables, overridden by explicit non-None values."""
         env = {"redis_url": os.environ.get(ENV_REDIS_URL, ""),
                "db_url": os.environ.get(ENV_DB_URL, ""),
                "namespace": os.environ.get(ENV_NAMESPACE, ""),
+               "redis_ca_certs": os.environ.get(ENV_REDIS_CA_CERTS, ""),
                "group": os.environ.get(ENV_GROUP, ""),
                "abandoned_after_s": _env_seconds(ENV_ABANDONED_AFTER_S),
                "wait_for_simulation_s": _env_seconds(ENV_WAIT_FOR_SIMULATION_S)}

@@ -7,6 +7,7 @@ Every subcommand takes ``--redis-url`` (env ``SIMSTREAM_REDIS_URL``); those that
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import click
 import redis
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,18 +25,29 @@ from common.connections import (check_redis, check_sink_template, create_sink_en
 from common.embedded_redis import EmbeddedRedis
 from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.keys import Keys
+from common.masking import mask_secrets
 from common.settings import (DEFAULT_ABANDONED_AFTER_S, DEFAULT_DB_URL, DEFAULT_GROUP, DEFAULT_NAMESPACE,
-                             ENV_ABANDONED_AFTER_S, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE, ENV_REDIS_URL,
-                             ENV_WAIT_FOR_SIMULATION_S, ConsumerSettings, is_per_simulation, normalize_db_url,
-                             validate_db_url)
+                             ENV_ABANDONED_AFTER_S, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
+                             ENV_REDIS_URL, ENV_WAIT_FOR_SIMULATION_S, ConsumerSettings, is_per_simulation,
+                             normalize_db_url, validate_db_url)
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
 _CONSUMER_DEFAULTS = ConsumerSettings()  # the flags' defaults, shown in --help: one source, the settings class
 
-redis_url_option = click.option("--redis-url", envvar=ENV_REDIS_URL, default=None,
-                                 help=f"Redis URL (env {ENV_REDIS_URL}; default redis://127.0.0.1:6379/0).")
+_redis_url_option = click.option("--redis-url", envvar=ENV_REDIS_URL, default=None,
+                                  help=f"Redis URL (env {ENV_REDIS_URL}; default redis://127.0.0.1:6379/0).")
+_redis_ca_option = click.option("--redis-ca-certs", envvar=ENV_REDIS_CA_CERTS, default=None,
+                                type=click.Path(exists=True, dir_okay=False),
+                                help=f"CA file a rediss:// server's certificate must be signed by (env "
+                                     f"{ENV_REDIS_CA_CERTS}; or ssl_ca_certs=PATH in the URL).")
+
+
+def redis_url_option(command):
+    """``--redis-url`` and ``--redis-ca-certs``."""
+    return _redis_url_option(_redis_ca_option(command))
+
 namespace_option = click.option("--namespace", envvar=ENV_NAMESPACE, default=DEFAULT_NAMESPACE,
                                 show_default=True, help=f"Key prefix in Redis (env {ENV_NAMESPACE}).")
 db_option = click.option("--db", envvar=ENV_DB_URL, default=None,
@@ -102,7 +115,7 @@ def cli() -> None:
               show_envvar=True,
               help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
 @_log_options
-def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, claim_idle_ms,
+def consume(processes, redis_url, redis_ca_certs, db, namespace, group, batch_size, block_ms, claim_idle_ms,
             claim_interval_ms, max_deliveries, drain, wait_for_simulation_s, abandoned_after_s, progress,
             metrics_port, metrics_host, log_level, log_json) -> None:
     """Run consumer processes that persist every simulation stream to SQL."""
@@ -110,8 +123,8 @@ def consume(processes, redis_url, db, namespace, group, batch_size, block_ms, cl
 
     configure_logging(log_level, log_json)
     settings = ConsumerSettings.from_env(
-        redis_url=redis_url, db_url=normalize_db_url(db) if db else None, namespace=namespace,
-        group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
+        redis_url=redis_url, redis_ca_certs=redis_ca_certs, db_url=normalize_db_url(db) if db else None,
+        namespace=namespace, group=group, batch_size=batch_size, block_ms=block_ms, claim_idle_ms=claim_idle_ms,
         claim_interval_ms=claim_interval_ms, max_deliveries=max_deliveries, drain=drain,
         wait_for_simulation_s=wait_for_simulation_s, abandoned_after_s=abandoned_after_s)
     preflight(settings)
@@ -150,7 +163,7 @@ def preflight(settings: ConsumerSettings) -> None:
               help="The consumers' --claim-idle-ms: a pending entry idle this long plus "
                    "--stuck-after-ms and not claimed is 'stuck'.")
 @abandoned_option(DEFAULT_ABANDONED_AFTER_S)
-def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stuck_after_ms,
+def status(redis_url, redis_ca_certs, namespace, group, db, as_json, watch_s, lag_threshold, stuck_after_ms,
            claim_idle_ms, abandoned_after_s) -> None:
     """Show every simulation stream: state (running, complete, drained, abandoned, removed), length,
     persisted, lag, pending, consumers, dead letters, and a health verdict: ok, lagging, stuck or
@@ -159,7 +172,8 @@ def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stu
     from consumer.health import HealthThresholds
     from consumer.status_view import print_report, status_report, watch
 
-    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace, group=group)
+    settings = ConsumerSettings.from_env(redis_url=redis_url, redis_ca_certs=redis_ca_certs, namespace=namespace,
+                                         group=group)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
     thresholds = HealthThresholds(lag_threshold, stuck_after_ms, claim_idle_ms, abandoned_after_s)
@@ -184,13 +198,13 @@ def status(redis_url, namespace, group, db, as_json, watch_s, lag_threshold, stu
 @click.option("--embedded-redis", is_flag=True,
               help="Always start a private Redis, even if one is configured or answers at the default.")
 @_log_options
-def demo(agents, steps, consumers, db, redis_url, embedded_redis, log_level, log_json) -> None:
+def demo(agents, steps, consumers, db, redis_url, redis_ca_certs, embedded_redis, log_level, log_json) -> None:
     """Run a synthetic simulation through Redis into SQL and check every table matches."""
     from consumer.demo import run_demo
 
     configure_logging("WARNING" if log_level.upper() == "INFO" else log_level, log_json)
     sys.exit(int(run_demo(agents=agents, steps=steps, consumers=consumers, db_url=normalize_db_url(db),
-                          redis_url=redis_url, embedded=embedded_redis)))
+                          redis_url=redis_url, embedded=embedded_redis, redis_ca_certs=redis_ca_certs)))
 
 
 @cli.command()
@@ -228,11 +242,14 @@ def _sink_engine(db, simulation=None):
     a table (a sink without ``dead_letters`` simply has none)."""
     settings = ConsumerSettings.from_env(db_url=normalize_db_url(db) if db else None)
     if is_per_simulation(settings.db_url) and not simulation:
-        raise ConfigurationError(f"--db {settings.db_url!r} holds one file per simulation; "
+        raise ConfigurationError(f"--db {mask_secrets(settings.db_url)!r} holds one file per simulation; "
                                  "pass --simulation ID to choose which simulation's dead letters")
     url = simulation_db_url(settings.db_url, simulation or "")
     database = make_url(url).database
     if make_url(url).get_backend_name() == "sqlite" and not (database and Path(database).is_file()):
+        if is_per_simulation(settings.db_url):
+            # A simulation's own file exists once a consumer wrote to it: none yet, no dead letters.
+            return create_engine("sqlite://")  # in memory, without tables: read as having none
         raise ConfigurationError(f"no database file at {database}: give the --db / {ENV_DB_URL} "
                                  "the consumers write to (dlq creates nothing)")
     return create_sink_engine(url, create_folder=False)
@@ -264,11 +281,11 @@ def dlq_list(db, simulation, limit, as_json) -> None:
 @namespace_option
 @click.option("--simulation", default=None, help="Only this simulation's dead letters.")
 @click.option("--id", "ids", multiple=True, type=int, help="Only these dead letters (repeatable).")
-def dlq_retry(db, redis_url, namespace, simulation, ids) -> None:
+def dlq_retry(db, redis_url, redis_ca_certs, namespace, simulation, ids) -> None:
     """Put dead letters back into their streams for the consumers to try again."""
     from consumer.dead_letters import retry_dead_letters
 
-    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace)
+    settings = ConsumerSettings.from_env(redis_url=redis_url, redis_ca_certs=redis_ca_certs, namespace=namespace)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
     result = retry_dead_letters(_sink_engine(db, simulation), client, Keys(settings.namespace), simulation, tuple(ids))
@@ -293,11 +310,11 @@ def dlq_purge(db, simulation, ids, yes) -> None:
 @namespace_option
 @click.option("--batch-size", type=click.IntRange(1), default=2000, show_default=True,
               help="Records per pipelined batch sent to Redis.")
-def replay_journal_command(paths, redis_url, namespace, batch_size) -> None:
+def replay_journal_command(paths, redis_url, redis_ca_certs, namespace, batch_size) -> None:
     """Send producer journals (files, or folders of them) to Redis, in order, then delete them."""
     from common.journal import SUFFIX, replay_journal
 
-    settings = ConsumerSettings.from_env(redis_url=redis_url, namespace=namespace)
+    settings = ConsumerSettings.from_env(redis_url=redis_url, redis_ca_certs=redis_ca_certs, namespace=namespace)
     client = redis_client(settings.redis_url)
     check_redis(client, settings.redis_url)
     files = []
@@ -331,27 +348,32 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()).rstrip(".")
 
 
+def _fail(message: str, code: int) -> None:
+    """Print one error line on stderr (passwords masked) and exit with ``code``."""
+    click.echo(f"simstream: error: {mask_secrets(message)}", err=True)
+    sys.exit(int(code))
+
+
 def main() -> None:
-    """Console entry point: one line and a named exit code for every expected failure."""
+    """Console entry point: one line (passwords masked) and a named exit code for every failure."""
     try:
         cli.main(standalone_mode=False)
     except SimstreamError as exc:
-        click.echo(f"simstream: error: {one_line(exc)}", err=True)
-        sys.exit(int(exc.exit_code))
+        _fail(one_line(exc), exc.exit_code)
     except redis.RedisError as exc:
-        click.echo(f"simstream: error: Redis failed: {one_line(exc)}; check --redis-url and that the server is up",
-                   err=True)
-        sys.exit(int(ExitCode.COULD_NOT_CONNECT))
+        _fail(f"Redis failed: {one_line(exc)}; check --redis-url and that the server is up", ExitCode.COULD_NOT_CONNECT)
     except SQLAlchemyError as exc:
-        click.echo(f"simstream: error: database failed: {one_line(getattr(exc, 'orig', None) or exc)}; check --db",
-                   err=True)
-        sys.exit(int(ExitCode.COULD_NOT_CONNECT))
+        _fail(f"database failed: {one_line(getattr(exc, 'orig', None) or exc)}; check --db", ExitCode.COULD_NOT_CONNECT)
     except click.exceptions.Abort:
         click.echo("simstream: interrupted", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)  # usage and message; an argument may be a URL with its password
+        click.echo(mask_secrets(shown.getvalue()), err=True, nl=False)
         sys.exit(int(ExitCode.BAD_CONFIGURATION))
+    except Exception as exc:  # a bug: still one line, and no password in it
+        _fail(f"unexpected {type(exc).__name__}: {one_line(exc)}", ExitCode.FAILED)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,23 @@ from common.connections import check_redis, create_sink_engine, ensure_schema, r
 from common.embedded_redis import EmbeddedRedis
 from common.errors import ExitCode, RedisUnavailable
 from common.keys import Keys
-from common.settings import DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_URL
+from common.masking import mask_secrets
+from common.settings import (DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
+                             ENV_REDIS_URL, redis_url_with_ca)
 from consumer.progress import DrainProgress, ProgressDisplay
 
 _TIMEOUT_S = 900.0
 
 
 @contextlib.contextmanager
-def demo_redis(explicit_url: str | None, embedded: bool = False) -> Iterator[tuple[str, str]]:
-    """The Redis to use: the configured one, else the default if it answers, else an embedded one
-    (always an embedded one if ``embedded``). Yields (url, description).
+def demo_redis(explicit_url: str | None, embedded: bool = False,
+               ca_certs: str | None = None) -> Iterator[tuple[str, str]]:
+    """The Redis to use: the configured one (with ``ca_certs`` as its CA), else the default if it
+    answers, else an embedded one (always an embedded one if ``embedded``). Yields (url, description).
     """
     url = None if embedded else explicit_url or os.environ.get(ENV_REDIS_URL)
     if url:
-        yield url, "configured"
+        yield redis_url_with_ca(url, ca_certs), "configured"
         return
     if not embedded and _answers(DEFAULT_REDIS_URL):
         yield DEFAULT_REDIS_URL, "found at the default address"
@@ -70,18 +73,20 @@ def _count_rows(engine, simulation_id: str) -> dict[str, int]:
 
 
 def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: str | None,
-             embedded: bool = False) -> int:
-    """Run the demo end to end; returns the exit code."""
+             embedded: bool = False, redis_ca_certs: str | None = None) -> int:
+    """Run the demo end to end; returns the exit code. URLs are printed with passwords masked."""
     simulation_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     namespace = f"simstream-demo-{secrets.token_hex(4)}"  # a private namespace: --drain waits only for us
     engine = create_sink_engine(db_url, create_folder=False)
     ensure_schema(engine)
-    with demo_redis(redis_url, embedded) as (url, where):
+    with demo_redis(redis_url, embedded, redis_ca_certs) as (url, where):
         client = redis_client(url)
         check_redis(client, url)
         print(f"simstream demo: simulation {simulation_id}, {agents} agents x {steps} steps, "
-              f"{consumers} consumer processes\n  redis: {url} ({where})\n  database: {db_url}", flush=True)
-        env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url}
+              f"{consumers} consumer processes\n  redis: {mask_secrets(url)} ({where})\n"
+              f"  database: {mask_secrets(db_url)}", flush=True)
+        # The URL carries the CA if one was given; an empty setting is ignored (embedded Redis: no TLS).
+        env = {**os.environ, ENV_REDIS_URL: url, ENV_NAMESPACE: namespace, ENV_DB_URL: db_url, ENV_REDIS_CA_CERTS: ""}
         simulation = subprocess.Popen(
             [sys.executable, "-m", "producer.demo_simulation", "--simulation-id", simulation_id,
              "--agents", str(agents), "--steps", str(steps)], env=env, stdout=subprocess.PIPE, text=True)

@@ -1,4 +1,8 @@
-"""Logging for the ``simstream`` processes: plain lines or one JSON object per line."""
+"""Logging for the ``simstream`` processes: plain lines or one JSON object per line.
+
+Both formats pass every finished line through :func:`common.masking.mask_secrets`, so a
+password never reaches the log at any level, even in a message quoting a library's error.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import sys
 import time
 from typing import Callable
 
+from common.masking import mask_secrets
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, process, message."""
+    """One JSON object per record: time, level, logger, process, message (passwords masked)."""
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({
@@ -19,8 +25,17 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "message": mask_secrets(record.getMessage()),
         })
+
+
+class MaskingFormatter(logging.Formatter):
+    """The plain ``time level pid message`` line (UTC), passwords masked."""
+
+    converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 class CurrentStderrHandler(logging.StreamHandler):
@@ -50,9 +65,7 @@ def configure_logging(level: str = "INFO", as_json: bool = False, queue=None) ->
         if as_json:
             handler.setFormatter(JsonFormatter())
         else:
-            formatter = logging.Formatter("%(asctime)s %(levelname)s %(process)d %(message)s")
-            formatter.converter = time.gmtime
-            handler.setFormatter(formatter)
+            handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(process)d %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

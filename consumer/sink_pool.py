@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from common.connections import create_sink_engine, ensure_schema, simulation_db_url
+from common.masking import mask_secrets
 from common.errors import ConfigurationError, DatabaseUnavailable
 from common.layouts import STANDALONE, layout_named
 from common.schema_setup import SchemaUnusable
@@ -104,7 +105,7 @@ class SinkPool:
                 raise DatabaseUnavailable(str(exc)) from exc
             path = _sqlite_path(url)
             opened = self._files[simulation_id] = _OpenFile(sink, path, _identity(path) if path else None)
-            log.info("sink.opened simulation=%s layout=%s database=%s", simulation_id, layout, url)
+            log.info("sink.opened simulation=%s layout=%s database=%s", simulation_id, layout, mask_secrets(url))
         return opened
 
     @property

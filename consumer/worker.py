@@ -30,7 +30,7 @@ from common.schema_setup import SchemaUnusable
 from common.retry import jittered_backoff
 from common.settings import ConsumerSettings
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
-from consumer.inspect import simulation_ids, stream_status
+from consumer.inspect import simulation_ids, stream_status, text_dict
 from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
 from consumer.sink import DeadLetter
@@ -364,10 +364,9 @@ class Worker:
                 meta = self.client.hgetall(self.keys.meta(state.simulation_id))
             except redis.RedisError as exc:
                 raise TransientError(f"reading the layout of {state.simulation_id}: {exc}") from exc
-            fields = {key.decode() if isinstance(key, bytes) else key: value for key, value in meta.items()}
-            announced = fields.get(LAYOUT_FIELD)
-            if announced is not None:
-                state.layout = announced.decode() if isinstance(announced, bytes) else announced
+            fields = text_dict(meta)
+            if fields.get(LAYOUT_FIELD) is not None:
+                state.layout = fields[LAYOUT_FIELD]
             elif any(name.startswith("seq:") for name in fields):
                 state.layout = STANDALONE  # a producer older than layouts
             else:

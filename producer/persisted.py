@@ -59,6 +59,8 @@ def persisted_through(client: redis.Redis, stream: str, group: str, entry_id: st
     """
     try:
         info = _group_info(client, stream, group)
+    except redis.exceptions.NoPermissionError:
+        raise  # refused by an ACL: says nothing about the stream
     except redis.ResponseError:  # no such key
         return Persistence(stream_exists=False, group_exists=False, persisted=True)
     if info is None:
@@ -67,6 +69,8 @@ def persisted_through(client: redis.Redis, stream: str, group: str, entry_id: st
         return Persistence(True, True, persisted=False)
     try:
         summary = client.xpending(stream, group)
+    except redis.exceptions.NoPermissionError:
+        raise
     except redis.ResponseError:  # removed since XINFO answered: complete and all acknowledged
         return Persistence(stream_exists=False, group_exists=False, persisted=True)
     done = not summary["pending"] or id_tuple(summary["min"]) > id_tuple(entry_id)
@@ -95,6 +99,8 @@ def unpersisted_through(client: redis.Redis, stream: str, group: str, entry_id: 
     try:
         info = _group_info(client, stream, group)
         last_generated = _text(client.xinfo_stream(stream)["last-generated-id"])
+    except redis.exceptions.NoPermissionError:
+        raise  # a producer's user may not read the stream (README: least privilege)
     except redis.ResponseError:
         return Unpersisted(0, 0)  # the stream is gone: removed once persisted
     if info is None:

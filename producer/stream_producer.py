@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import redis
 
 from common.connections import redis_client
-from common.errors import GroupMissing, PersistTimeout
+from common.errors import ConfigurationError, GroupMissing, PersistTimeout
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
 from common.settings import ProducerSettings
@@ -172,7 +172,8 @@ class StreamProducer:
         only within ``group_wait_s`` of this producer's first batch does it wait for consumers to
         discover a new stream), and PersistTimeout, naming the backlog, if ``timeout_s`` (default
         ``persist_timeout_s``) passes first, or at once if records this producer can no longer
-        send (closed with a journal) stand in the way. Waits on consumers: not for the per-step path.
+        send (closed with a journal) stand in the way; ConfigurationError at once if the producer's
+        Redis user may not run XINFO GROUPS or XPENDING. Waits on consumers: not for the per-step path.
         """
         timeout_s = self.settings.persist_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
@@ -195,6 +196,11 @@ class StreamProducer:
                                 f"no consumer group {group!r} on stream {stream}: no consumer has read simulation "
                                 f"{self.simulation_id!r}; start `simstream consume` on this Redis and namespace, "
                                 f"or set the producer's group (SIMSTREAM_GROUP) to the consumers' group")
+                except redis.exceptions.NoPermissionError as exc:
+                    raise ConfigurationError(
+                        f"wait_persisted needs XINFO GROUPS and XPENDING on stream {stream}, which this Redis "
+                        f"user may not run ({' '.join(str(exc).split())}); see the producer's ACL rules in the "
+                        "README (Security and access)") from exc
                 except redis.RedisError as exc:
                     log.debug("producer.wait_persisted_retry simulation=%s error=%s", self.simulation_id, exc)
                 if not_in_redis and not self._sender.is_alive():
@@ -235,6 +241,9 @@ class StreamProducer:
                 backlog, exact = backlog + left.total, left.exact
                 parts += [f"{left.undelivered} not yet delivered to a consumer",
                           f"{left.pending} delivered and not acknowledged"]
+            except redis.exceptions.NoPermissionError:
+                exact = False
+                parts.append("not counted in Redis: this Redis user may not read the stream (XINFO STREAM, XRANGE)")
             except redis.RedisError as exc:
                 exact = False
                 parts.append(f"Redis did not answer: {' '.join(str(exc).split())}")

@@ -17,7 +17,8 @@ class Base(DeclarativeBase):
 
 
 class Simulation(Base):
-    __tablename__ = "simulations"
+    # The standalone layout keeps the lifecycle rows in simstream's own table (the simulation owns "simulations")
+    __tablename__ = "simstream_simulations"
     simulation_id = Column(String, primary_key=True)
     experiment_id = Column(String)
     start_time = Column(Float)
@@ -81,7 +82,7 @@ class SimulationStepModel(Base):
     births = Column(Integer)
     deaths = Column(Integer)
     current_max_generation = Column(Integer)
-    average_agent_age = Column(Float)
+    average_agent_age = Column(Integer)
     agent_type_counts = Column(JSON)
     total_resources = Column(Float)
     average_agent_resources = Column(Float)

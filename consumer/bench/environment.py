@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from common.connections import create_sink_engine
 from common.embedded_redis import EmbeddedRedis, free_port
 from common.errors import SimstreamError
+from common.settings import ENV_DB_URL, ENV_REDIS_URL
 from common.workload import Mix
 
 _PRODUCER_TIMEOUT_S = 900.0
@@ -157,10 +158,12 @@ def consumer_processes(redis_url: str, db_url: str, namespace: str, processes: i
                        log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """``simstream consume --processes N --drain`` as its own process tree; stopped afterwards."""
     command = [sys.executable, "-m", "consumer", "consume", "--processes", str(processes), "--drain",
-               "--redis-url", redis_url, "--db", db_url, "--namespace", namespace, "--log-level", "WARNING"]
+               "--namespace", namespace, "--log-level", "WARNING"]
+    # URLs travel in the environment, not the command line, where any user could read a password
+    env = {**os.environ, ENV_REDIS_URL: redis_url, ENV_DB_URL: db_url}
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(extra_env or {})})
+                                   env={**env, **(extra_env or {})})
     try:
         yield process
     finally:

@@ -32,7 +32,7 @@ def test_a_port_that_is_not_a_port_is_a_configuration_error(url, port):
 def test_a_placeholder_in_a_folder_is_explained_without_talking_about_postgresql():
     with pytest.raises(ConfigurationError) as folder:
         validate_db_url("sqlite:///runs/{simulation_id}/x.db")
-    assert "file name only, not in a folder" in str(folder.value) and "PostgreSQL" not in str(folder.value)
+    assert "only for SQLite file names, not for a folder" in str(folder.value) and "PostgreSQL" not in str(folder.value)
     with pytest.raises(ConfigurationError, match="PostgreSQL holds every simulation in one database"):
         validate_db_url("postgresql+psycopg://u@h/{simulation_id}")
 

@@ -53,7 +53,8 @@ def test_a_simulations_keys_share_one_cluster_hash_tag():
 def test_each_package_exports_exactly_its_public_names():
     assert producer.__all__ == ["FlushReport", "RedisBufferedDataLogger", "StreamProducer"]
     assert {"Worker", "Supervisor", "Sink", "SinkPool", "stream_status", "HealthThresholds", "verdict"} <= set(consumer.__all__)
-    assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS", "Mix"} <= set(common.__all__)
+    assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS", "Mix",
+            "mask_secrets"} <= set(common.__all__)
     assert {"RecentStates", "RedisSTMConfig", "RedisIMConfig", "TierWriter"} <= set(common.__all__)
     assert consumer.bench.__all__ == ["EXTRA_MEASUREMENTS", "BenchContext", "BenchOptions", "Measurement", "Row",
                                       "run_bench"]
