@@ -112,7 +112,7 @@ def decode(payload: bytes | None) -> Record:
     try:
         unpacked = msgpack.unpackb(payload, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise RecordError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+        raise RecordError(f"payload is not valid msgpack ({type(exc).__name__}: {_said(exc)})") from exc
     if not isinstance(unpacked, list) or len(unpacked) != 5:
         raise RecordError("payload is not a [version, kind, producer, seq, fields] array")
     version, kind_name, producer_id, seq, fields = unpacked
@@ -126,6 +126,12 @@ def decode(payload: bytes | None) -> Record:
     if not isinstance(producer_id, str) or not isinstance(seq, int) or not isinstance(fields, dict):
         raise RecordError("payload has a malformed producer id, sequence number or fields map")
     return Record(kind, producer_id, seq, fields)
+
+
+def _said(exc: Exception) -> str:
+    """What ``exc`` says; its class's own description when its message is empty (msgpack's
+    FormatError has none)."""
+    return str(exc).strip() or (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0].rstrip(".")
 
 
 def entry_payload(entry_fields: dict[bytes, bytes] | None) -> bytes | None:

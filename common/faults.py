@@ -9,9 +9,13 @@ Tests pin the dangerous moments deterministically instead of hoping a random kil
   Redis, before the journal is removed (the next replay sends it all again: copies write nothing new).
 
 ``SIMSTREAM_TEST_CRASH_SLOT`` limits the crash to one worker slot, and
-``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is created just before the kill,
-and a worker that finds it does not crash again (so a restarted worker carries on). Unset, every
-call is a dictionary lookup and a return.
+``SIMSTREAM_TEST_CRASH_ONCE_FILE`` makes it happen once: the file is written just before the kill
+(a first line ``"<slot> <pid>"``, then the ids of the stream entries the process held, one per
+line), and a worker that finds it does not crash again (so a restarted worker carries on).
+``SIMSTREAM_TEST_CRASH_ARMED_FILE`` arms the crash only once that file exists, so a caller
+outside the process chooses when (``simstream bench`` kills a worker holding a batch a
+quarter of the way into its end-to-end run this way); passages before count for nothing. Unset,
+every call is a dictionary lookup and a return.
 
 ``SIMSTREAM_TEST_KILL_THREAD`` ends a thread instead of the process, as an unexpected error would
 (:class:`ThreadKilled`, a BaseException that no handler on the way catches):
@@ -26,11 +30,13 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Callable, Iterable
 
 CRASH_ENV = "SIMSTREAM_TEST_CRASH"
 CRASH_SLOT_ENV = "SIMSTREAM_TEST_CRASH_SLOT"
 CRASH_ONCE_FILE_ENV = "SIMSTREAM_TEST_CRASH_ONCE_FILE"
 KILL_THREAD_ENV = "SIMSTREAM_TEST_KILL_THREAD"
+CRASH_ARMED_FILE_ENV = "SIMSTREAM_TEST_CRASH_ARMED_FILE"
 
 _counts: dict[str, int] = {}
 
@@ -45,12 +51,19 @@ def _armed_point(slot: int) -> tuple[str, int] | None:
     once_file = os.environ.get(CRASH_ONCE_FILE_ENV)
     if once_file and Path(once_file).exists():
         return None
+    armed_file = os.environ.get(CRASH_ARMED_FILE_ENV)
+    if armed_file and not Path(armed_file).exists():
+        return None
     point, _, nth = spec.partition(":")
     return point, int(nth or 1)
 
 
-def checkpoint(point: str, slot: int) -> None:
-    """SIGKILL the current process if a test armed ``point`` and this is its N-th passage."""
+def checkpoint(point: str, slot: int, held: Callable[[], Iterable[bytes | str]] | None = None) -> None:
+    """SIGKILL the current process if a test armed ``point`` and this is its N-th passage.
+
+    ``held``: the ids of the entries the process holds there, written to the once-file (called
+    only when it crashes).
+    """
     armed = _armed_point(slot)
     if armed is None or armed[0] != point:
         return
@@ -58,7 +71,9 @@ def checkpoint(point: str, slot: int) -> None:
     if _counts[point] >= armed[1]:
         once_file = os.environ.get(CRASH_ONCE_FILE_ENV)
         if once_file:
-            Path(once_file).touch()
+            ids = [i.decode() if isinstance(i, bytes) else i for i in (held() if held else ())]
+            Path(f"{once_file}.tmp").write_text("\n".join([f"{slot} {os.getpid()}", *ids]))
+            os.replace(f"{once_file}.tmp", once_file)  # whoever sees the file can read it whole
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -9,7 +9,8 @@ torn by a crash mid-write is ignored: it was never reported as journaled.
 Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
 the file, and the next replay sends all of it again (the copies write nothing new). A replay
 refreshes the simulation's heartbeat (:mod:`common.heartbeat`): a simulation shown as abandoned
-because its producer died comes back to life when its journal is replayed.
+because its producer died comes back to life when its journal is replayed. The folder is created
+when a journal is first appended to, and producers remove it once a replay leaves it empty.
 
 Journals hold simulation data: the folder is created readable by its owner only (0700) and each
 file too (0600), whatever the umask.
@@ -119,7 +120,14 @@ def _owner_only(path: str, flags: int) -> int:
 def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
     """``path`` opened and exclusively locked; FileNotFoundError if it is gone (read modes)."""
     while True:
-        handle = open(path, mode, opener=_owner_only)
+        try:
+            handle = open(path, mode, opener=_owner_only)
+        except FileNotFoundError:
+            if "a" not in mode:
+                raise
+            # A producer removes the folder once a replay leaves it empty: make it (again).
+            _make_folder(path.parent)
+            continue
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         if os.fstat(handle.fileno()).st_nlink > 0:
             break
@@ -128,6 +136,29 @@ def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
         yield handle
     finally:
         handle.close()  # releases the lock
+
+
+def count_records(path: str | Path) -> int:
+    """How many records a journal holds, read from its frame headers only (the file may be large)."""
+    records = 0
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        while handle.tell() + _FRAME_HEADER.size <= size:
+            (length,) = _FRAME_HEADER.unpack(handle.read(_FRAME_HEADER.size))
+            if handle.tell() + length > size:
+                break  # torn final frame
+            records += length > 0  # a zero-length frame is the completion marker
+            handle.seek(length, os.SEEK_CUR)
+    return records
+
+
+def remove_folder_if_empty(folder: str | Path) -> bool:
+    """Remove ``folder`` if it holds nothing (a journal folder a replay emptied); True if removed."""
+    try:
+        Path(folder).rmdir()
+        return True
+    except OSError:  # not empty (another producer's journal), already gone, or not ours to remove
+        return False
 
 
 def read_journal(path: str | Path) -> tuple[list[bytes], bool]:

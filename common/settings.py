@@ -57,6 +57,14 @@ def validate_redis_url(url: str) -> str:
             f"Redis URL {mask_secrets(url)!r} has scheme {parts.scheme or 'none'!r}; use redis://HOST:PORT/DB, "
             f"rediss://... or unix:///path/to/redis.sock (set --redis-url or {ENV_REDIS_URL})"
         )
+    try:
+        parts.port  # parsed lazily: "notaport" and 99999 raise only here
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        raise ConfigurationError(
+            f"Redis URL {mask_secrets(url)!r} has port {port!r}; a port is a number from 1 to 65535, "
+            f"as in redis://HOST:6379/0 (set --redis-url or {ENV_REDIS_URL})"
+        ) from None
     for ca_file in parse_qs(parts.query).get("ssl_ca_certs", []):
         _require_readable_file(ca_file, f"the CA file of Redis URL {mask_secrets(url)!r}")
     return url
@@ -98,11 +106,15 @@ def validate_db_url(url: str) -> str:
             f"database URL {mask_secrets(url)!r}: backend {parsed.get_backend_name()!r} is not supported; "
             "use sqlite:/// or postgresql+psycopg://"
         )
-    if SIMULATION_ID_PLACEHOLDER in url and (parsed.get_backend_name() != "sqlite"
-                                             or SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or "")):
+    if SIMULATION_ID_PLACEHOLDER in url and parsed.get_backend_name() != "sqlite":
+        raise ConfigurationError(
+            f"database URL {mask_secrets(url)!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names; "
+            "PostgreSQL holds every simulation in one database, so leave it out"
+        )
+    if SIMULATION_ID_PLACEHOLDER in url and SIMULATION_ID_PLACEHOLDER not in os.path.basename(parsed.database or ""):
         raise ConfigurationError(
             f"database URL {mask_secrets(url)!r}: {SIMULATION_ID_PLACEHOLDER} is only for SQLite file names, "
-            "e.g. sqlite:///runs/{simulation_id}.db; PostgreSQL holds every simulation in one database"
+            "not for a folder: e.g. sqlite:///runs/{simulation_id}.db"
         )
     return url
 
@@ -161,6 +173,9 @@ class ProducerSettings:
     the journal, or ``"slow"`` the simulation (``log()`` sleeps ``throttle_sleep_s``) until the
     backlog is under ``low_water_records``. ``close_timeout_s`` bounds ``close()``. ``layout``:
     the tables consumers write this simulation's rows into (see :mod:`common.layouts`).
+    ``replay_earlier_journals``: a journal an earlier producer of the same simulation left in
+    ``journal_dir`` is replayed into this run (True, with a warning naming it) or left on disk
+    for ``simstream replay-journal`` (False, with a warning saying so).
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
 
     ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
@@ -188,6 +203,7 @@ class ProducerSettings:
     journal_dir: str = DEFAULT_JOURNAL_DIR
     journal_retry_interval_s: float = 1.0
     journal_fsync: bool = False
+    replay_earlier_journals: bool = True
     backpressure: str = "spill"
     high_water_records: int = 1_000_000
     low_water_records: int = 800_000

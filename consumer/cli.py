@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 import redis
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.connections import (check_redis, check_sink_template, create_sink_engine, ensure_schema, redis_client,
@@ -25,13 +27,15 @@ from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.failover import REDIS_ERRORS
 from common.keys import Keys
 from common.masking import mask_secrets
-from common.settings import (DEFAULT_ABANDONED_AFTER_S, DEFAULT_GROUP, DEFAULT_NAMESPACE, ENV_ABANDONED_AFTER_S,
-                             ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE, ENV_REDIS_CA_CERTS, ENV_REDIS_URL,
-                             ENV_WAIT_FOR_SIMULATION_S, ConsumerSettings, is_per_simulation, normalize_db_url,
-                             validate_db_url)
+from common.settings import (DEFAULT_ABANDONED_AFTER_S, DEFAULT_DB_URL, DEFAULT_GROUP, DEFAULT_NAMESPACE,
+                             ENV_ABANDONED_AFTER_S, ENV_DB_URL, ENV_GROUP, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
+                             ENV_REDIS_URL, ENV_WAIT_FOR_SIMULATION_S, ConsumerSettings, is_per_simulation,
+                             normalize_db_url, validate_db_url)
 from consumer.logs import configure_logging
 
 log = logging.getLogger(__name__)
+
+_CONSUMER_DEFAULTS = ConsumerSettings()  # the flags' defaults, shown in --help: one source, the settings class
 
 _redis_url_option = click.option("--redis-url", envvar=ENV_REDIS_URL, default=None,
                                   help=f"Redis URL (env {ENV_REDIS_URL}; default redis://127.0.0.1:6379/0).")
@@ -48,7 +52,8 @@ def redis_url_option(command):
 namespace_option = click.option("--namespace", envvar=ENV_NAMESPACE, default=DEFAULT_NAMESPACE,
                                 show_default=True, help=f"Key prefix in Redis (env {ENV_NAMESPACE}).")
 db_option = click.option("--db", envvar=ENV_DB_URL, default=None,
-                         help=f"SQLAlchemy URL or SQLite file path of the sink (env {ENV_DB_URL}).")
+                         help=f"SQLAlchemy URL or SQLite file path of the sink (env {ENV_DB_URL}; "
+                              f"default {DEFAULT_DB_URL}).")
 
 
 group_option = click.option("--group", envvar=ENV_GROUP, default=DEFAULT_GROUP, show_default=True,
@@ -64,9 +69,10 @@ def abandoned_option(default):
 
 
 def _log_options(command):
-    command = click.option("--log-json", is_flag=True, envvar="SIMSTREAM_LOG_JSON",
+    command = click.option("--log-json", is_flag=True, envvar="SIMSTREAM_LOG_JSON", show_envvar=True,
                            help="Log one JSON object per line.")(command)
     return click.option("--log-level", default="INFO", envvar="SIMSTREAM_LOG_LEVEL", show_default=True,
+                        show_envvar=True,
                         type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
                         help="Log level.")(command)
 
@@ -79,17 +85,21 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256),
-              envvar="SIMSTREAM_PROCESSES", help="Worker processes to run.")
+              envvar="SIMSTREAM_PROCESSES", show_envvar=True, help="Worker processes to run.")
 @redis_url_option
 @db_option
 @namespace_option
 @group_option
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Entries per read (COUNT).")
-@click.option("--block-ms", type=click.IntRange(1), default=None, help="How long a read waits (BLOCK).")
-@click.option("--claim-idle-ms", type=click.IntRange(0), default=None,
-              help="Claim entries other consumers have held this long.")
-@click.option("--claim-interval-ms", type=click.IntRange(1), default=None, help="How often to look for them.")
-@click.option("--max-deliveries", type=click.IntRange(1), default=None,
+@click.option("--batch-size", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.batch_size,
+              show_default=True, help="Entries per read (COUNT).")
+@click.option("--block-ms", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.block_ms,
+              show_default=True, help="How long a read waits (BLOCK).")
+@click.option("--claim-idle-ms", type=click.IntRange(0), default=_CONSUMER_DEFAULTS.claim_idle_ms,
+              show_default=True, help="Claim entries other consumers have held this long.")
+@click.option("--claim-interval-ms", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.claim_interval_ms,
+              show_default=True, help="How often to look for them.")
+@click.option("--max-deliveries", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.max_deliveries,
+              show_default=True,
               help="Dead-letter an entry delivered more times than this.")
 @click.option("--drain", is_flag=True,
               help="Exit 0 once every known simulation is complete (or abandoned) and persisted.")
@@ -101,8 +111,9 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="With --drain: show records persisted of logged (a bar on a terminal, else lines).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, envvar="SIMSTREAM_METRICS_PORT",
-              help="Serve Prometheus metrics on this port (env SIMSTREAM_METRICS_PORT).")
+              show_envvar=True, help="Serve Prometheus metrics on this port (default: off).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="SIMSTREAM_METRICS_HOST",
+              show_envvar=True,
               help="Address the metrics endpoint listens on (0.0.0.0 for every interface).")
 @click.option("--failing-after-ms", type=click.IntRange(0), default=None,
               help="For the metrics health gauge: retrying a database or Redis this long is "
@@ -133,7 +144,7 @@ def preflight(settings: ConsumerSettings) -> None:
     if is_per_simulation(settings.db_url):
         check_sink_template(settings.db_url)  # each simulation's file is created when first written
         return
-    engine = create_sink_engine(settings.db_url)
+    engine = create_sink_engine(settings.db_url, create_folder=False)  # a typo must not become folders
     try:
         ensure_schema(engine)
     finally:
@@ -236,13 +247,21 @@ def dlq() -> None:
 
 
 def _sink_engine(db, simulation=None):
+    """The existing sink holding dead letters; dlq commands never create a database, a folder or
+    a table (a sink without ``dead_letters`` simply has none)."""
     settings = ConsumerSettings.from_env(db_url=normalize_db_url(db) if db else None)
     if is_per_simulation(settings.db_url) and not simulation:
         raise ConfigurationError(f"--db {mask_secrets(settings.db_url)!r} holds one file per simulation; "
                                  "pass --simulation ID to choose which simulation's dead letters")
-    engine = create_sink_engine(simulation_db_url(settings.db_url, simulation or ""))
-    ensure_schema(engine)
-    return engine
+    url = simulation_db_url(settings.db_url, simulation or "")
+    database = make_url(url).database
+    if make_url(url).get_backend_name() == "sqlite" and not (database and Path(database).is_file()):
+        if is_per_simulation(settings.db_url):
+            # A simulation's own file exists once a consumer wrote to it: none yet, no dead letters.
+            return create_engine("sqlite://")  # in memory, without tables: read as having none
+        raise ConfigurationError(f"no database file at {database}: give the --db / {ENV_DB_URL} "
+                                 "the consumers write to (dlq creates nothing)")
+    return create_sink_engine(url, create_folder=False)
 
 
 @dlq.command("list")
@@ -259,8 +278,9 @@ def dlq_list(db, simulation, limit, as_json) -> None:
         click.echo(json.dumps(letters, indent=2, default=str))
         return
     for letter in letters:
+        deliveries = "-" if letter["delivery_count"] is None else letter["delivery_count"]  # unknown: trimmed away
         click.echo(f"{letter['id']:>6}  {letter['simulation_id']}  {letter['entry_id']}  "
-                   f"deliveries={letter['delivery_count']}  {letter['error']}")
+                   f"deliveries={deliveries}  {letter['error']}")
     click.echo(f"{len(letters)} dead letter(s)")
 
 
@@ -332,8 +352,9 @@ def redis_command(data_dir, port) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc``'s message folded onto one line (drivers often add hints on lines of their own)."""
-    return " ".join(str(exc).split())
+    """``exc``'s message folded onto one line (drivers often add hints on lines of their own),
+    without a closing period: a clause of ours may follow it after a ';'."""
+    return " ".join(str(exc).split()).rstrip(".")
 
 
 def _fail(message: str, code: int) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.codec import ENTRY_FIELD
@@ -39,11 +39,19 @@ def _filtered(query, simulation_id: str | None, ids: tuple[int, ...]):
     return query
 
 
+def _has_table(connection) -> bool:
+    """Whether the sink has a ``dead_letters`` table; one without it has no dead letters (and
+    these commands never create it)."""
+    return inspect(connection).has_table(dead_letters.name)
+
+
 def list_dead_letters(engine: Engine, simulation_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest dead letters (without their raw bytes), newest first."""
+    """The newest dead letters (without their raw bytes), newest first; writes nothing."""
     columns = [c for c in dead_letters.c if c.name != "raw"]
     query = _filtered(select(*columns, dead_letters.c.raw.is_(None).label("payload_lost")), simulation_id, ())
     with engine.connect() as connection:
+        if not _has_table(connection):
+            return []
         rows = connection.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
         return [dict(row._mapping) for row in rows]
 
@@ -53,6 +61,8 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
     """Put each dead letter's payload back into its stream as its own entry, and delete it from
     the table."""
     with engine.connect() as connection:
+        if not _has_table(connection):
+            return RetryResult(0, 0)
         rows = connection.execute(_filtered(select(dead_letters), simulation_id, ids)).all()
     redriven, skipped = [], 0
     for row in rows:
@@ -88,4 +98,6 @@ def _layout_of(engine: Engine, simulation_id: str) -> str:
 def purge_dead_letters(engine: Engine, simulation_id: str | None = None, ids: tuple[int, ...] = ()) -> int:
     """Delete dead letters; returns how many."""
     with engine.begin() as connection:
+        if not _has_table(connection):
+            return 0
         return connection.execute(_filtered(delete(dead_letters), simulation_id, ids)).rowcount

@@ -29,8 +29,7 @@ from common.keys import Keys
 from common.masking import mask_secrets
 from common.settings import (DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
                              ENV_REDIS_URL, redis_url_with_ca)
-from consumer.inspect import stream_status
-from consumer.progress import ProgressDisplay
+from consumer.progress import DrainProgress, ProgressDisplay
 
 _TIMEOUT_S = 900.0
 
@@ -78,7 +77,7 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
     """Run the demo end to end; returns the exit code. URLs are printed with passwords masked."""
     simulation_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     namespace = f"simstream-demo-{secrets.token_hex(4)}"  # a private namespace: --drain waits only for us
-    engine = create_sink_engine(db_url)
+    engine = create_sink_engine(db_url, create_folder=False)
     ensure_schema(engine)
     with demo_redis(redis_url, embedded, redis_ca_certs) as (url, where):
         client = redis_client(url)
@@ -97,7 +96,7 @@ def run_demo(agents: int, steps: int, consumers: int, db_url: str, redis_url: st
             [sys.executable, "-m", "consumer", "consume", "--processes", str(consumers), "--drain",
              "--no-progress", "--log-level", "WARNING"], env=env)
         try:
-            produced = _watch(client, keys, engine, simulation_id, simulation, consumer)
+            produced = _watch(client, keys, simulation_id, simulation, consumer)
         finally:
             for process in (simulation, consumer):
                 if process.poll() is None:
@@ -114,20 +113,24 @@ def _wait_registered(client, keys: Keys, simulation_id: str, simulation: subproc
         time.sleep(0.05)
 
 
-def _watch(client, keys: Keys, engine, simulation_id: str, simulation: subprocess.Popen,
+def _watch(client, keys: Keys, simulation_id: str, simulation: subprocess.Popen,
            consumer: subprocess.Popen) -> dict:
-    """Show progress until the simulation and the consumers have both finished."""
+    """Show records persisted of records logged (as ``consume --drain`` counts them, from Redis)
+    until the simulation and the consumers have both finished. Rows are compared afterwards:
+    one record is not always one row (a simulation's start and end share one)."""
     deadline = time.monotonic() + _TIMEOUT_S
+    records = DrainProgress(client, keys, DEFAULT_GROUP)  # sampled here, not in a thread of its own
     with ProgressDisplay("persisted") as progress:
         while consumer.poll() is None or simulation.poll() is None:
             if time.monotonic() > deadline:
                 break
-            logged = stream_status(client, keys, DEFAULT_GROUP, simulation_id).logged
-            persisted = sum(_count_rows(engine, simulation_id).values())
-            progress.update(persisted, logged)
+            progress.update(*records.sample())
             time.sleep(0.5)
         produced = json.loads(simulation.stdout.read().strip().splitlines()[-1])
-        progress.update(sum(_count_rows(engine, simulation_id).values()), produced["records"])
+        persisted, _ = records.sample()
+        # Consumers remove a simulation from Redis once every record of it is persisted.
+        removed = not client.sismember(keys.registry, simulation_id)
+        progress.update(produced["records"] if removed else persisted, produced["records"])
     return produced
 
 

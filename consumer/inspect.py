@@ -49,7 +49,7 @@ class StreamStatus:
     group_exists: bool = False
     last_delivered_id: str | None = None
     pending: int = 0
-    lag: int = 0
+    lag: int = 0  # entries not yet delivered to the group: every entry while the group does not exist
     consumers: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
     logged: int = 0
@@ -125,6 +125,8 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
         group_info = text_dict(group_info)
         if group_info["name"] == group:
             _fill_group(client, status, group, group_info, exact_lag)
+    if not status.group_exists:
+        status.lag = status.length  # no consumer has created the group yet: nothing was delivered
     status.acknowledged = max(0, status.entries_added - status.backlog)
     _fill_producer_idle(client, keys, status, meta)
     return status

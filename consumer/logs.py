@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
+from typing import Callable
 
 from common.masking import mask_secrets
 
@@ -36,13 +38,42 @@ class MaskingFormatter(logging.Formatter):
         return mask_secrets(super().format(record))
 
 
-def configure_logging(level: str = "INFO", as_json: bool = False) -> None:
-    """Send simstream's log lines to stderr at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
-    if as_json:
-        handler.setFormatter(JsonFormatter())
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes each line to whatever ``sys.stderr`` is at that moment, not the one it started
+    with: a live progress bar swaps in a proxy that prints lines above the bar."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass  # always the current sys.stderr
+
+
+def configure_logging(level: str = "INFO", as_json: bool = False, queue=None) -> None:
+    """Send simstream's log lines to stderr at ``level``; with ``queue`` (a worker under a
+    supervisor that draws a progress bar) send them to the supervisor instead, which prints them
+    above its bar (:func:`forward_logs`)."""
+    if queue is not None:
+        handler: logging.Handler = logging.handlers.QueueHandler(queue)
     else:
-        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(process)d %(message)s"))
+        handler = CurrentStderrHandler()
+        if as_json:
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(process)d %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def forward_logs(queue) -> Callable[[], None]:
+    """Print the log records workers put on ``queue`` through this process's own handlers (each
+    keeps its worker's pid and time); returns a function that prints what is left, then stops."""
+    listener = logging.handlers.QueueListener(queue, *logging.getLogger().handlers, respect_handler_level=True)
+    listener.start()
+    return listener.stop

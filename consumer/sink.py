@@ -148,9 +148,10 @@ class Sink:
             kind_name = record.kind.name
             return kind_name, self._driver_row(kind_name, record.to_row(simulation_id)), entry
         except RecordError as exc:
-            return DeadLetter(entry.entry_id, entry.payload, str(exc))
+            return DeadLetter(entry.entry_id, entry.payload, str(exc), entry.deliveries)
         except Exception as exc:  # noqa: BLE001 - any type: bytes in JSON, RecursionError from deep nesting
-            return DeadLetter(entry.entry_id, entry.payload, f"{kind_name}: a value cannot be stored: {_cause(exc)}")
+            return DeadLetter(entry.entry_id, entry.payload, f"{kind_name}: a value cannot be stored: {_cause(exc)}",
+                              entry.deliveries)
 
     def _commit(self, stream: str, simulation_id: str, rows: list[tuple[str, dict, Entry]],
                 letters: list[DeadLetter]) -> WriteResult:
@@ -221,7 +222,8 @@ class Sink:
                     pending += [part[middle:], part[:middle]]
                     continue
                 entry = part[0][2]
-                letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}")
+                letter = DeadLetter(entry.entry_id, entry.payload, f"database rejected the row: {rejection}",
+                                    entry.deliveries)
                 result = self._commit_letters(stream, simulation_id, [letter])
                 result.isolated_by_database = 1
                 _merge(total, result)

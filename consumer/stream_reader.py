@@ -35,10 +35,13 @@ _RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A stream entry as delivered: its id and payload (None if the payload was trimmed)."""
+    """A stream entry as delivered: its id, payload (None if the payload was trimmed) and how
+    many times Redis has delivered it (1 for a new entry; Redis's own counter once read for a
+    replayed or claimed one)."""
 
     entry_id: bytes
     payload: bytes | None
+    deliveries: int = 1
 
 
 @dataclass(frozen=True)

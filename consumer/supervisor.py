@@ -11,7 +11,9 @@ workers; if none comes it raises NoSimulation (the CLI prints one line and exits
 
 The supervisor also owns the run's metrics folder (workers count into it, see
 :mod:`consumer.metrics`), serves ``/metrics`` when given a port, shows ``--drain`` progress read
-from Redis, and logs one ``supervisor.summary`` line for the whole run when it exits.
+from Redis, and logs one ``supervisor.summary`` line for the whole run when it exits. While it
+draws a progress bar on a terminal, workers send their log lines to it (a queue) and it prints
+them above the bar, so no line lands inside the bar.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from multiprocessing import resource_tracker
@@ -30,6 +33,7 @@ import redis
 from common.errors import ExitCode, NoSimulation
 from common.keys import Keys
 from common.settings import ConsumerSettings
+from consumer.logs import forward_logs
 from consumer.metrics import MetricsDir
 from consumer.worker import consumer_name, run_worker
 
@@ -62,6 +66,7 @@ class Supervisor:
         self._started_at: dict[int, float] = {}
         self._restart_due: dict[int, float] = {}  # slot -> when to start it again
         self._stop = threading.Event()
+        self._log_queue = None  # workers' log lines, while a progress bar is drawn on the terminal
 
     def run(self) -> int:
         """Start the workers and watch them; returns the exit code for the whole group.
@@ -71,6 +76,8 @@ class Supervisor:
         self._install_signal_handlers()
         if self.settings.drain and self.settings.wait_for_simulation_s > 0 and not self._wait_for_simulation():
             return ExitCode.OK  # stopped while waiting: nothing was started
+        if self.progress and self.settings.drain and sys.stdout.isatty():
+            self._log_queue = self._context.Queue()
         metrics_dir = MetricsDir()
         try:
             observers = self._start_observers(metrics_dir)
@@ -131,6 +138,8 @@ class Supervisor:
         stops = []
         if self.metrics_port is not None:
             stops.append(start_metrics_endpoint(self, metrics_dir))
+        if self._log_queue is not None:
+            stops.append(forward_logs(self._log_queue))  # stopped before the bar: its last lines go above it
         if self.progress and self.settings.drain:
             stops.append(start_drain_progress(self.settings))
         return stops
@@ -153,7 +162,7 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         process = self._context.Process(
             target=_worker_main, name=f"simstream-worker-{slot}",
-            args=(self.settings, slot, os.getpid(), self.log_level, self.log_json))
+            args=(self.settings, slot, os.getpid(), self.log_level, self.log_json, self._log_queue))
         # The child inherits this mask across exec and unblocks once its handler is installed,
         # so a stop signal that arrives while it is still importing is a clean stop, not a kill.
         # Start multiprocessing's resource tracker first: starting it unblocks SIGINT/SIGTERM
@@ -239,7 +248,8 @@ def _stop_code(exitcode: int) -> int:
     return exitcode
 
 
-def _worker_main(settings: ConsumerSettings, slot: int, parent_pid: int, log_level: str, log_json: bool) -> None:
+def _worker_main(settings: ConsumerSettings, slot: int, parent_pid: int, log_level: str, log_json: bool,
+                 log_queue=None) -> None:
     """Worker process entry: hold stop signals until the worker's own handler is installed.
 
     The worker unblocks them once its handler is in place, so a stop that arrives while it is
@@ -249,4 +259,4 @@ def _worker_main(settings: ConsumerSettings, slot: int, parent_pid: int, log_lev
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     os.setsid()
-    run_worker(settings, slot, parent_pid, log_level, log_json)
+    run_worker(settings, slot, parent_pid, log_level, log_json, log_queue)

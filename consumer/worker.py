@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import redis
+from redis.cluster import RedisCluster
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from common import faults
-from common.connections import redis_client
+from common.connections import is_cluster, redis_client
 from common.errors import (DatabaseUnavailable, ExitCode, GroupMissing, RedisUnavailable, SimstreamError,
                            TransientError)
 from common.failover import FAILOVER_ERRORS, REDIS_ERRORS, is_failover_error, refresh_slots
@@ -108,6 +109,7 @@ class Worker:
         self._streams: dict[str, _StreamState] = {}
         self._next_discovery = self._next_claim = self._next_drain_check = self._next_retention = 0.0
         self._transient_failures = 0
+        self._run_ids: frozenset[str] | None = None
         self.client: redis.Redis | None = None
         self.reader: StreamReader | None = None
         self.sinks: SinkPool | None = None
@@ -171,6 +173,10 @@ class Worker:
 
     def _connect(self) -> None:
         self.client = redis_client(self.settings.redis_url)
+        try:
+            self._run_ids = _run_ids(self.client)  # tells a server restart from a peer's removal
+        except redis.RedisError as exc:
+            raise TransientError(f"asking Redis who it is: {exc}") from exc
         self.reader = StreamReader(self.client, self.settings.group, self.name)
         self.failures = FailureTracker(self.client, self.keys, self.name, self.metrics)
         self.failures.publish(force=True)  # a restarted worker withdraws what it reported before
@@ -201,6 +207,8 @@ class Worker:
 
     def _recover_from(self, exc: TransientError) -> None:
         """After a transient failure: back off, then replay own pending entries on every stream."""
+        if isinstance(exc, GroupMissing) and self._forget_finished_streams():
+            return  # another consumer removed a finished simulation while we read it: the normal end
         self.stats.retried += 1
         self.metrics.retried()
         self._transient_failures += 1
@@ -262,6 +270,28 @@ class Worker:
             state = self._streams.get(stream)
             if state is not None:
                 self._set_aside(state, exc)
+
+    def _forget_finished_streams(self) -> bool:
+        """Stop tracking streams whose simulations left the registry (retention removes a
+        simulation from it before deleting its stream, once it is complete and persisted); True
+        if there were any. A read that just failed on such a stream is the normal end of a drain,
+        not an error: retried later, a stream that is still registered fails again if it is broken.
+        A server that restarted (another run id) lost them instead: False, the caller warns.
+        """
+        try:
+            registered = set(simulation_ids(self.client, self.keys))
+            run_ids = _run_ids(self.client)
+            if run_ids is None or run_ids != self._run_ids:
+                self._run_ids = run_ids  # warned once; a later removal by a peer is normal again
+                return False
+        except redis.RedisError:
+            return False
+        finished = [state for state in self._streams.values() if state.simulation_id not in registered]
+        for state in finished:
+            log.info("worker.stream_finished consumer=%s simulation=%s", self.name, state.simulation_id)
+            del self._streams[state.stream]
+            self.sinks.release(state.simulation_id)
+        return bool(finished)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -392,7 +422,8 @@ class Worker:
         if check_deliveries and entries:
             entries, overdelivered = self._split_overdelivered(state.stream, entries)
             letters += overdelivered
-        faults.checkpoint("after_read", self.slot)
+        faults.checkpoint("after_read", self.slot,
+                          lambda: [entry.entry_id for entry in entries] + [letter.entry_id for letter in letters])
         commit_started = time.monotonic()
         try:
             result = self._write(state, entries, letters)
@@ -479,7 +510,7 @@ class Worker:
                                           f"delivered {delivered} times (limit {self.settings.max_deliveries})",
                                           delivered))
             else:
-                keep.append(entry)
+                keep.append(Entry(entry.entry_id, entry.payload, delivered))  # a dead letter says how often
         return keep, letters
 
     def drained(self) -> bool:
@@ -496,10 +527,29 @@ class Worker:
             raise RedisUnavailable(f"checking whether all simulations are persisted: {exc}") from exc
 
 
+def _run_ids(client) -> frozenset[str] | None:
+    """The run id of the Redis server (of every cluster node): a restarted server has a new one.
+    None if the server does not say (INFO refused)."""
+    try:
+        info = (client.info("server", target_nodes=RedisCluster.ALL_NODES) if is_cluster(client)
+                else client.info("server"))
+    except redis.ResponseError:
+        return None
+    if "run_id" in info:
+        return frozenset([str(info["run_id"])])
+    return frozenset(str(node["run_id"]) for node in info.values() if isinstance(node, dict) and "run_id" in node)
+
+
 def run_worker(settings: ConsumerSettings, slot: int, parent_pid: int | None = None,
-               log_level: str = "INFO", log_json: bool = False) -> None:
-    """Process entry point used by the supervisor; exits with the worker's exit code."""
+               log_level: str = "INFO", log_json: bool = False, log_queue=None) -> None:
+    """Process entry point used by the supervisor; exits with the worker's exit code.
+
+    ``log_queue``: log through the supervisor (it draws a progress bar on the terminal).
+    """
     from consumer.logs import configure_logging
 
-    configure_logging(log_level, log_json)
-    raise SystemExit(int(Worker(settings, slot, parent_pid=parent_pid).run()))
+    configure_logging(log_level, log_json, queue=log_queue)
+    code = Worker(settings, slot, parent_pid=parent_pid).run()
+    if log_queue is not None and parent_pid is not None and os.getppid() != parent_pid:
+        log_queue.cancel_join_thread()  # nobody reads the lines any more: do not wait to hand them over
+    raise SystemExit(int(code))

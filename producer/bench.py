@@ -5,7 +5,9 @@
 ``log()`` percentiles (µs) and the sustained records/s into Redis. ``--mode paced`` logs step by
 step at ``--rate`` records/s after reading ``go`` on stdin (the consumers are up by then) and
 prints when each step's last record was logged (``time.monotonic()``, shared by the processes of
-one machine), so the bench can measure log() -> committed row latency.
+one machine), so the bench can measure log() -> committed row latency. With ``--hold-after N`` it
+prints ``{"held": N}`` once step N is in Redis and waits for another line on stdin before it goes
+on: the bench arms a worker's crash there, so the kill always falls inside the run.
 """
 
 from __future__ import annotations
@@ -63,14 +65,20 @@ def run_flat(producer: StreamProducer, mix: Mix) -> dict[str, Any]:
     }
 
 
-def run_paced(producer: StreamProducer, mix: Mix, rate: float) -> dict[str, Any]:
-    """Log step by step at ``rate`` records/s; note when each step's last record was logged."""
+def run_paced(producer: StreamProducer, mix: Mix, rate: float, hold_after: int | None = None) -> dict[str, Any]:
+    """Log step by step at ``rate`` records/s; note when each step's last record was logged.
+    After step ``hold_after``, flush, say so on stdout and wait for a line on stdin."""
     log, step_times = producer.log, []
     started = time.monotonic()
     for step in range(1, mix.steps + 1):
         for kind, fields in step_records(mix, step):
             log(kind, **fields)
         step_times.append(time.monotonic())
+        if step == hold_after:
+            producer.flush()
+            print(json.dumps({"held": step}), flush=True)
+            sys.stdin.readline()
+            started += time.monotonic() - step_times[-1]  # the pace resumes from here
         pause = started + step * mix.per_step / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)
@@ -89,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", type=int, default=20)
     parser.add_argument("--mode", choices=("flat", "paced"), default="flat")
     parser.add_argument("--rate", type=float, default=50_000.0, help="records/s in --mode paced")
+    parser.add_argument("--hold-after", type=int, default=None,
+                        help="--mode paced: after this step, wait for a line on stdin")
     args = parser.parse_args(argv)
     mix = Mix(args.records, args.agents, args.resources)
     with tempfile.TemporaryDirectory(prefix="simstream-bench-journal-") as journal_dir:
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             producer.flush()
             print(json.dumps({"ready": True}), flush=True)
             sys.stdin.readline()  # "go": the consumers are reading
-            result = run_paced(producer, mix, args.rate)
+            result = run_paced(producer, mix, args.rate, args.hold_after)
         else:
             result = run_flat(producer, mix)
         report = producer.close()

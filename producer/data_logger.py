@@ -3,9 +3,18 @@
 Same method names, argument names, defaults and validation as the reference ``DataLogger``
 (and its database's ``update_agent_death``); each call becomes one or more
 :class:`StreamProducer` records, so the simulation pays microseconds per row instead of an ORM
-flush. Validation is the reference's, no more: a negative ``step_number`` is a ValueError in
-``log_agent_action`` and ``log_interaction_edge``, a batch agent without a required key is a
-ValueError, and a state tuple of the wrong length is a ValueError.
+flush.
+
+What a call checks, one rule: it raises (and logs nothing) where the reference raises, with the
+same exception type and a sentence naming the argument: a negative ``step_number`` (ValueError)
+or one that is not a number (TypeError) in ``log_agent_action`` and ``log_interaction_edge``, a
+position that is not an (x, y) pair (TypeError or IndexError), a batch agent without a required
+key (ValueError), a metric name ``simulation_steps`` has no column for (TypeError, also a
+ValueError), a state tuple too short (IndexError, also a ValueError). simstream's own checks are
+structural and cheap: the record kind and field names (ValueError, in ``StreamProducer.log``), a
+state tuple longer than the layout (ValueError). Values are not type-checked on the simulation
+thread: the consumer checks each against its column, and a record whose value the table cannot
+take is written to ``dead_letters`` with the reason.
 """
 
 from __future__ import annotations
@@ -24,9 +33,32 @@ _AGENT_KEYS = ("agent_id", "birth_time", "agent_type", "position", "initial_reso
 _DEATH_DETAILS = {"final_state": "dead"}
 
 
+class _UnknownMetric(TypeError, ValueError):
+    """A metric name ``simulation_steps`` has no column for: a TypeError as the reference's
+    ``SimulationStepModel(**metrics)`` raises, and the ValueError of simstream's name checks."""
+
+
+class _ShortTuple(IndexError, ValueError):
+    """A state tuple shorter than the reference layout: an IndexError as the reference's
+    ``state[9]`` raises, and the ValueError of simstream's own length check."""
+
+
 def _check_step(step_number: int) -> None:
-    if step_number < 0:
+    try:
+        negative = step_number < 0
+    except TypeError:  # the reference's own comparison fails the same way, with a TypeError
+        raise TypeError(f"step_number must be an int, got {type(step_number).__name__} {step_number!r:.40}") from None
+    if negative:
         raise ValueError("step_number must be non-negative")
+
+
+def _xy(name: str, position: Sequence[float]) -> tuple[Any, Any]:
+    """``position``'s x and y; the reference's exception type (TypeError, IndexError) if it is
+    not an (x, y) pair, with a sentence naming the argument."""
+    try:
+        return position[0], position[1]
+    except (TypeError, IndexError, KeyError) as exc:
+        raise type(exc)(f"{name} must be an (x, y) pair, got {position!r:.60}") from None
 
 
 class RedisBufferedDataLogger:
@@ -113,8 +145,9 @@ class RedisBufferedDataLogger:
                   genome_id: str | None = None, generation: int = 0,
                   action_weights: dict | None = None) -> None:
         """One ``agents`` row."""
+        x, y = _xy("position", position)
         self.producer.log("agent", agent_id=agent_id, birth_time=birth_time, agent_type=agent_type,
-                          position_x=position[0], position_y=position[1],
+                          position_x=x, position_y=y,
                           initial_resources=initial_resources, starting_health=starting_health,
                           genome_id=genome_id, generation=generation,
                           action_weights=_weights(action_weights))
@@ -126,6 +159,7 @@ class RedisBufferedDataLogger:
             missing = [key for key in _AGENT_KEYS if key not in data]
             if missing:
                 raise ValueError(f"Missing required field '{missing[0]}' in agent data")
+            _xy("position", data["position"])
         for data in agent_data_list:
             self.log_agent(data["agent_id"], data["birth_time"], data["agent_type"],
                            data["position"], data["initial_resources"], data["starting_health"],
@@ -141,7 +175,11 @@ class RedisBufferedDataLogger:
         states = [_columns(_AGENT_STATE_COLUMNS, state) for state in latest.values()]
         resources = [_columns(_RESOURCE_STATE_COLUMNS, resource) for resource in resource_states]
         step = {"step_number": step_number, "resources_consumed": 0.0, **metrics}
-        KINDS["simulation_step"].check_names(step)  # all checks first: a rejected call logs nothing
+        unknown = sorted(set(step) - KINDS["simulation_step"].allowed)
+        if unknown:  # all checks first: a rejected call logs nothing
+            # The reference's SimulationStepModel(**metrics) raises TypeError for such a name.
+            raise _UnknownMetric(f"metrics has names simulation_steps has no column for: {unknown}; "
+                                    f"its columns are {sorted(KINDS['simulation_step'].allowed - {'step_number'})}")
         log = self.producer.log
         for columns in states:
             columns["is_defending"] = bool(columns["is_defending"])
@@ -152,8 +190,9 @@ class RedisBufferedDataLogger:
 
     def log_resource(self, resource_id: int, initial_amount: float, position: Sequence[float]) -> None:
         """A resource's initial state: a ``resource_states`` row at step 0."""
+        x, y = _xy("position", position)
         self.producer.log("resource_state", step_number=0, resource_id=resource_id,
-                          amount=initial_amount, position_x=position[0], position_y=position[1])
+                          amount=initial_amount, position_x=x, position_y=y)
 
     def log_interaction_edge(self, step_number: int, source_type: str, source_id: str,
                              target_type: str, target_id: str, interaction_type: str,
@@ -173,6 +212,7 @@ class RedisBufferedDataLogger:
                                offspring_generation: int | None,
                                parent_position: Sequence[float]) -> None:
         """One ``reproduction_events`` row."""
+        x, y = _xy("parent_position", parent_position)
         self.producer.log("reproduction_event", step_number=step_number, parent_id=parent_id,
                           offspring_id=offspring_id, success=success,
                           parent_resources_before=parent_resources_before,
@@ -180,7 +220,7 @@ class RedisBufferedDataLogger:
                           offspring_initial_resources=offspring_initial_resources,
                           failure_reason=failure_reason, parent_generation=parent_generation,
                           offspring_generation=offspring_generation,
-                          parent_position_x=parent_position[0], parent_position_y=parent_position[1])
+                          parent_position_x=x, parent_position_y=y)
 
     def flush_all_buffers(self, *, wait_persisted: bool = False, timeout_s: float | None = None) -> FlushReport:
         """Wait until everything logged so far is in Redis (bounded by ``timeout_s``, default the
@@ -249,7 +289,9 @@ def _weights(action_weights: Mapping[Any, Any] | None) -> dict[str, float] | Non
 
 
 def _columns(names: tuple[str, ...], values: Sequence[Any]) -> dict[str, Any]:
-    """A state tuple as named columns; ValueError if its length is not the reference layout's."""
+    """A state tuple as named columns; ValueError if its length is not the reference layout's
+    (a short one also an IndexError, as the reference's ``state[9]`` raises)."""
     if len(values) != len(names):
-        raise ValueError(f"expected a tuple of {len(names)} values {names}, got {len(values)}")
+        error = _ShortTuple if len(values) < len(names) else ValueError
+        raise error(f"expected a tuple of {len(names)} values {names}, got {len(values)}: {tuple(values)!r:.80}")
     return dict(zip(names, values))

@@ -37,7 +37,8 @@ from common.codec import ENTRY_FIELD, make_encoder
 from common.connections import redis_client
 from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
 from common.failover import REDIS_ERRORS, confirm_replicas, is_failover_error, refresh_slots, slot_client
-from common.journal import Journal, journal_path, journals_for, replay_journal
+from common.journal import (Journal, count_records, journal_path, journals_for, remove_folder_if_empty,
+                            replay_journal)
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
 from common.retry import backoff_s, jittered_backoff
@@ -125,8 +126,9 @@ class BatchSender:
         self._replacing = False
         self._deaths_in_a_row = 0
         self._seq_at_last_death = 0
-        self._left_journals: list[Path] = journals_for(settings.journal_dir, simulation_id)
+        self._left_journals: list[Path] = self._earlier_journals()
         self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
+        self._outage_since: float | None = None  # when Redis last stopped answering, while it does not
         self._spilling_for_backlog = False
         self._next_journal_try = 0.0
         self._stopping = False
@@ -224,6 +226,17 @@ class BatchSender:
                 self.handed_off_seq = records[-1][1]
                 self.progress.notify_all()
         return len(records)
+
+    def _earlier_journals(self) -> list[Path]:
+        """Journals an earlier producer of this simulation left, to replay before our records;
+        each is named in a warning, and none is replayed if ``replay_earlier_journals`` is off."""
+        found = journals_for(self.settings.journal_dir, self.simulation_id)
+        replay = self.settings.replay_earlier_journals
+        for path in found:
+            log.warning("producer.earlier_journal_found simulation=%s journal=%s records=%d age_s=%.0f action=%s",
+                        self.simulation_id, path, count_records(path), time.time() - path.stat().st_mtime,
+                        "replay into this run" if replay else f"left on disk: simstream replay-journal {path}")
+        return found if replay else []
 
     # -- control, from the simulation thread -----------------------------------------------
 
@@ -395,6 +408,7 @@ class BatchSender:
                                     stop=give_up, reraise=True, before_sleep=self._note_failure):
                 with attempt:
                     action(*args)
+            self._outage_over(replayed=0)
             return True
         except REDIS_ERRORS as exc:
             self._note_error(exc)
@@ -406,10 +420,21 @@ class BatchSender:
     def _note_error(self, exc: BaseException) -> None:
         if is_failover_error(exc) and self._client is not None:
             refresh_slots(self._client)  # a failover: the next try goes to the slot's new owner
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
         self.stats.failed_attempts += 1
         if self.stats.last_error is None or self.stats.failed_attempts % 50 == 1:
             log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
         self.stats.last_error = str(exc)
+
+    def _outage_over(self, replayed: int) -> None:
+        """Say once that Redis answers again, and how many journaled records went to it: the
+        outage's start was a warning, so its end is one too."""
+        if self._outage_since is None:
+            return
+        log.warning("producer.outage_ended simulation=%s outage_s=%.1f journaled_records_replayed=%d",
+                    self.simulation_id, time.monotonic() - self._outage_since, replayed)
+        self._outage_since = None
 
     def _observe_backlog(self, backlog: int) -> None:
         self.stats.backlog = backlog
@@ -442,6 +467,7 @@ class BatchSender:
         if not force and now < self._next_journal_try:
             return
         self._next_journal_try = now + self.settings.journal_retry_interval_s
+        replayed = 0
         try:
             if self._spilling_for_backlog:
                 if self._redis().xlen(self.stream_key) >= self.settings.low_water_records:
@@ -453,6 +479,7 @@ class BatchSender:
                 self._note_added(result.last_entry_id)
                 self._left_journals.pop(0)
                 self.stats.replayed += result.records
+                replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
             if self.journal.exists():
@@ -461,11 +488,14 @@ class BatchSender:
                 self._note_added(result.last_entry_id)
                 self.stats.replayed += result.records
                 self.stats.sent += result.records
+                replayed += result.records
                 log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
                          self.simulation_id, result.path, result.records)
         except REDIS_ERRORS as exc:
             self._note_error(exc)
             return
+        remove_folder_if_empty(self.settings.journal_dir)  # leave no empty .simstream-journal/ behind
         with self.progress:
             self.in_journal = 0
         self.journaling = self._spilling_for_backlog = False
+        self._outage_over(replayed)

@@ -15,7 +15,6 @@ stays the same: ``redis_server``, ``sqlite_url`` (the sink URL, whatever the sin
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
-from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
+from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, newest_on_path, server_version
 from tests.cluster import RedisClusterServers
 from tests.containers import ContainerRedisServer, docker_answers
 from tests.helpers import PerSimulationEngines
@@ -38,7 +37,7 @@ def _redis_binaries() -> list[tuple[str, str]]:
     bundled = bundled_binary()
     if bundled:
         found.append((f"redis{'.'.join(map(str, server_version(bundled)[:2]))}", bundled))
-    on_path = shutil.which("redis-server")
+    on_path = newest_on_path()  # not PATH's first: an activated venv lists the bundled 6.2 first
     if on_path and server_version(on_path)[0] >= 7:
         found.append((f"redis{'.'.join(map(str, server_version(on_path)[:2]))}", on_path))
     return found
@@ -87,6 +86,19 @@ def pytest_generate_tests(metafunc) -> None:
         if metafunc.definition.get_closest_marker("newest_redis") is not None:
             deployments = deployments[len(REDIS_BINARIES) - 1:len(REDIS_BINARIES)]
         metafunc.parametrize("deployment", deployments, ids=[d.id for d in deployments], indirect=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def journals_out_of_the_repository(tmp_path_factory):
+    """Producers that spill without a journal_dir of their own write into a temporary folder, not
+    into the working directory (a journal once left there was committed by mistake)."""
+    previous = os.environ.get("SIMSTREAM_JOURNAL_DIR")
+    os.environ["SIMSTREAM_JOURNAL_DIR"] = str(tmp_path_factory.mktemp("journals"))
+    yield
+    if previous is None:
+        os.environ.pop("SIMSTREAM_JOURNAL_DIR", None)
+    else:
+        os.environ["SIMSTREAM_JOURNAL_DIR"] = previous
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import subprocess
 import sys
 import tempfile
@@ -87,12 +88,12 @@ def _fresh_postgres_schema(base_url: str, label: str) -> Iterator[str]:
 
 
 def producer_command(redis_url: str, namespace: str, simulation_id: str, mix: Mix,
-                     mode: str = "flat", rate: float | None = None) -> list[str]:
+                     mode: str = "flat", rate: float | None = None, hold_after: int | None = None) -> list[str]:
     """The command line of the producer process."""
     command = [sys.executable, "-m", "producer.bench", "--redis-url", redis_url, "--namespace", namespace,
                "--simulation-id", simulation_id, "--records", str(mix.records), "--agents", str(mix.agents),
                "--resources", str(mix.resources), "--mode", mode]
-    return command + (["--rate", str(rate)] if rate else [])
+    return command + (["--rate", str(rate)] if rate else []) + (["--hold-after", str(hold_after)] if hold_after else [])
 
 
 def run_producer(redis_url: str, namespace: str, simulation_id: str, mix: Mix) -> dict[str, Any]:
@@ -110,11 +111,14 @@ def _last_json(stdout: str, stderr: str, returncode: int | None) -> dict[str, An
 
 
 class PacedProducer:
-    """The producer process in ``--mode paced``: started, waits for ``go()``, then logs."""
+    """The producer process in ``--mode paced``: started, waits for ``go()``, then logs; with
+    ``hold_after``, it stops after that step until ``resume()`` (``held()`` says when)."""
 
-    def __init__(self, redis_url: str, namespace: str, simulation_id: str, mix: Mix, rate: float) -> None:
-        self.process = subprocess.Popen(producer_command(redis_url, namespace, simulation_id, mix, "paced", rate),
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, redis_url: str, namespace: str, simulation_id: str, mix: Mix, rate: float,
+                 hold_after: int | None = None) -> None:
+        self.hold_after = hold_after
+        command = producer_command(redis_url, namespace, simulation_id, mix, "paced", rate, hold_after)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self.process.stdout.readline()
         if not ready:
             raise BenchError(f"the paced producer exited before it was ready (exit {self.process.wait()})")
@@ -123,6 +127,19 @@ class PacedProducer:
         """Start logging."""
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
+
+    def held(self) -> bool:
+        """True once the producer has stopped at its hold step (never blocks)."""
+        if not select.select([self.process.stdout], [], [], 0)[0]:
+            return False
+        line = self.process.stdout.readline()
+        if not line:
+            raise BenchError(f"the paced producer exited before its hold step (exit {self.process.wait()})")
+        return "held" in json.loads(line)
+
+    def resume(self) -> None:
+        """Let a held producer log the rest."""
+        self.go()
 
     def result(self, timeout_s: float = _PRODUCER_TIMEOUT_S) -> dict[str, Any]:
         """Wait for the process; its JSON result."""
@@ -138,14 +155,15 @@ class PacedProducer:
 
 @contextlib.contextmanager
 def consumer_processes(redis_url: str, db_url: str, namespace: str, processes: int,
-                       log_path: Path) -> Iterator[subprocess.Popen]:
+                       log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """``simstream consume --processes N --drain`` as its own process tree; stopped afterwards."""
     command = [sys.executable, "-m", "consumer", "consume", "--processes", str(processes), "--drain",
                "--namespace", namespace, "--log-level", "WARNING"]
     # URLs travel in the environment, not the command line, where any user could read a password
     env = {**os.environ, ENV_REDIS_URL: redis_url, ENV_DB_URL: db_url}
     with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**env, **(extra_env or {})})
     try:
         yield process
     finally:

@@ -5,23 +5,24 @@ is acknowledged, which the worker does only after the rows committed; the rows a
 in SQL, table by table, against the mix. End to end runs a paced producer (consumers keep up),
 samples log() -> committed latency per step from the ``simulation_steps`` rows, SIGKILLs a worker
 a quarter of the way in and times how long until every entry it held is committed again, and
-reads Redis's peak memory.
+reads Redis's peak memory. The kill does not race the run: the producer holds a quarter of the way
+in until the crash seam (:mod:`common.faults`) is armed, and the first worker to read after that
+dies holding its batch, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 from sqlalchemy import func, select, text
 
-from common import schema
+from common import faults, schema
 from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
 from common.settings import DEFAULT_GROUP
@@ -29,7 +30,7 @@ from common.workload import Mix
 from consumer.bench.environment import (BenchError, PacedProducer, consumer_processes, group_progress,
                                         poll_until, run_producer, wait_exit)
 from consumer.bench.model import BenchContext
-from consumer.worker import consumer_name
+from consumer.inspect import entry_id_tuple
 
 _POLL_S = 0.005
 _RUN_TIMEOUT_S = 900.0
@@ -107,26 +108,45 @@ class _Watch:
     seen: dict[int, float] = field(default_factory=dict)  # step -> when its row was first seen committed
     killed_at: float = float("inf")
     recovery_s: float | None = None
-    kills: int = 0  # SIGKILLs sent: a worker that died holding nothing is killed again after its restart
+    kills: int = 0
+    held: bool = False  # the producer stopped at its hold step
     max_backlog: int = 0  # longest the stream got: entries not yet persisted or not yet trimmed
+
+
+@dataclass(frozen=True)
+class _CrashFiles:
+    """The crash seam (:mod:`common.faults`) as the end-to-end run uses it: a worker is killed
+    after reading a batch, before committing it, at its first read once ``armed`` exists, and it
+    writes ``killed`` ("<slot> <pid>") just before."""
+
+    armed: Path
+    killed: Path
+
+    def env(self) -> dict[str, str]:
+        return {faults.CRASH_ENV: "after_read:1", faults.CRASH_ARMED_FILE_ENV: str(self.armed),
+                faults.CRASH_ONCE_FILE_ENV: str(self.killed)}
 
 
 def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, Any]:
     """Paced producer -> ``processes`` consumers: latency, peak memory, recovery after SIGKILL."""
     simulation_id, namespace = _names()
     stream = Keys(namespace).stream(simulation_id)
+    crash = _CrashFiles(ctx.scratch / f"{simulation_id}.armed", ctx.scratch / f"{simulation_id}.killed")
     with ctx.fresh_redis() as server, ctx.fresh_database("end-to-end") as db_url:
         engine = create_sink_engine(db_url)
         ensure_schema(engine)
         client = redis.Redis.from_url(server.url)
-        producer = PacedProducer(server.url, namespace, simulation_id, ctx.mix, rate)
+        # Held a quarter of the way in, until a worker's crash is armed: the kill falls inside the
+        # run however fast or slow the machine is.
+        producer = PacedProducer(server.url, namespace, simulation_id, ctx.mix, rate,
+                                 hold_after=max(1, ctx.mix.steps // 4))
         log_path = ctx.scratch / "end-to-end.log"
         try:
-            with consumer_processes(server.url, db_url, namespace, processes, log_path) as consumers:
+            with consumer_processes(server.url, db_url, namespace, processes, log_path, crash.env()) as consumers:
                 poll_until(lambda: (group_progress(client, stream, DEFAULT_GROUP) or ("", 0, 0))[2] >= processes,
                            60, 0.02, "the consumers to join the group")
                 producer.go()
-                watch = _watch_steps(ctx, client, engine, stream, consumers, producer)
+                watch = _watch_steps(ctx, client, engine, stream, consumers, producer, crash)
                 result = producer.result()
                 wait_exit(consumers, _RUN_TIMEOUT_S, "simstream consume --drain", log_path)
             peak = int(client.info("memory")["used_memory_peak"])
@@ -149,82 +169,68 @@ def _pick(ordered: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _watch_steps(ctx: BenchContext, client: redis.Redis, engine, stream: str, consumers, producer) -> _Watch:
-    """Note when each step row commits; SIGKILL a worker a quarter of the way in and time its recovery."""
+def _watch_steps(ctx: BenchContext, client: redis.Redis, engine, stream: str, consumers, producer,
+                 crash: _CrashFiles) -> _Watch:
+    """Note when each step row commits; when the producer holds, arm a worker's crash and let it
+    go on; once a worker died holding its batch, time until that batch is committed again."""
     watch = _Watch()
-    kill_after = max(1, ctx.mix.steps // 4)  # early enough that a short run is still going
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
     with engine.connect() as connection:
         while producer.process.poll() is None or len(watch.seen) < ctx.mix.steps:
             now = time.monotonic()
+            if now > deadline:
+                raise BenchError(f"the end-to-end run did not finish within {_RUN_TIMEOUT_S:.0f} s")
             for (step,) in connection.execute(text("SELECT step_number FROM simulation_steps")):
                 watch.seen.setdefault(step, now)
             connection.rollback()  # end the read transaction so the next poll sees new commits
             watch.max_backlog = max(watch.max_backlog, client.xlen(stream))
-            if watch.recovery_s is None and len(watch.seen) >= kill_after:
-                watch.killed_at, watch.recovery_s, watch.kills = _kill_and_recover(client, stream, consumers)
+            watch.held = watch.held or (not crash.armed.exists() and producer.held())
+            if watch.held and not crash.armed.exists() and len(watch.seen) >= producer.hold_after:
+                # Every step logged so far is committed (latency samples exist, whatever the speed):
+                # arm, and the next batch a worker reads is the one it dies holding.
+                crash.armed.touch()
+                producer.resume()
+            if watch.recovery_s is None and crash.killed.exists():
+                watch.killed_at, watch.recovery_s = _recovery(client, stream, crash.killed)
+                watch.kills = 1
             if consumers.poll() is not None:
                 break
             time.sleep(_POLL_S)
+    if watch.recovery_s is None:
+        raise BenchError(f"no worker was killed during the end-to-end run; see {crash.killed.parent}")
     return watch
 
 
-def _kill_and_recover(client: redis.Redis, stream: str, consumers, attempts: int = 5) -> tuple[float, float, int]:
-    """SIGKILL worker slot 0 while it holds entries; seconds until they are all acknowledged.
+def _recovery(client: redis.Redis, stream: str, killed_file: Path) -> tuple[float, float]:
+    """When the worker named in ``killed_file`` died, and seconds until every entry it held (listed
+    in the file by the worker itself, so nothing races its restart) was committed again. The end is
+    observed by polling: on a starved machine it is seen late, never missed."""
+    first, *held = killed_file.read_text().splitlines()
+    pid = int(first.split()[1])
+    killed_at = time.monotonic() - (time.time() - killed_file.stat().st_mtime)
+    if not held:
+        raise BenchError("the killed worker held no entries")  # it dies after reading a batch: cannot happen
+    ids = set(held)
+    low, high = min(held, key=entry_id_tuple), max(held, key=entry_id_tuple)
+    poll_until(lambda: _exited(pid), 60, 0.001, "the killed worker to exit")
 
-    What it held is read after it died (nothing changes a dead consumer's pending entries); if it
-    died between batches, holding nothing, the supervisor restarts it and we try again.
-    """
-    name = consumer_name(0)
-    workers = _worker_processes(consumers.pid)
-    worker = workers[0]  # slot 0 is started first
-    for attempt in range(1, attempts + 1):
-        poll_until(lambda: _holds_entries(client, stream, name), 60, 0.001, "worker 0 to hold entries")
-        os.kill(worker.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        worker.wait(10)
-        held = client.xpending_range(stream, DEFAULT_GROUP, "-", "+", 100_000, consumername=name)
-        if held:
-            ids = {row["message_id"] for row in held}
-            low, high = held[0]["message_id"], held[-1]["message_id"]  # XPENDING lists ids in order
-
-            def recovered() -> bool:
-                try:
-                    still = client.xpending_range(stream, DEFAULT_GROUP, low, high, len(ids))
-                except redis.ResponseError:
-                    return True  # the stream was removed: it is removed only once all is persisted
-                return not any(row["message_id"] in ids for row in still)
-
-            poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
-            return killed_at, time.monotonic() - killed_at, attempt
-        poll_until(lambda: _restarted(consumers.pid, worker.pid, len(workers)), 60, 0.02,
-                   "the supervisor to restart the killed worker")
-        before = {process.pid for process in workers}
-        workers = _worker_processes(consumers.pid)
-        worker = next(process for process in workers if process.pid not in before)  # slot 0, restarted
-    raise BenchError(f"worker 0 held no entries at any of {attempts} kills; use more --records")
-
-
-def _holds_entries(client: redis.Redis, stream: str, name: str) -> bool:
-    try:
-        return bool(client.xpending_range(stream, DEFAULT_GROUP, "-", "+", 1, consumername=name))
-    except redis.ResponseError:
-        raise BenchError("the run was persisted before a worker could be killed; use more --records") from None
-
-
-def _restarted(supervisor_pid: int, killed_pid: int, count: int) -> bool:
-    pids = [process.pid for process in _worker_processes(supervisor_pid, require=False)]
-    return len(pids) == count and killed_pid not in pids
-
-
-def _worker_processes(supervisor_pid: int, require: bool = True) -> list[psutil.Process]:
-    """The supervisor's live worker children, oldest (slot 0) first."""
-    children = []
-    for child in psutil.Process(supervisor_pid).children():
+    def recovered() -> bool:
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline()):
-                children.append(child)
-        except psutil.Error:
-            continue  # exited while we looked
-    if require and not children:
-        raise BenchError("found no consumer worker process to kill")
-    return sorted(children, key=lambda child: child.create_time())
+            still = client.xpending_range(stream, DEFAULT_GROUP, low, high, len(ids))
+        except redis.ResponseError:
+            return True  # the stream was removed: it is removed only once all is persisted
+        return not any(_text(row["message_id"]) in ids for row in still)
+
+    poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
+    return killed_at, time.monotonic() - killed_at
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

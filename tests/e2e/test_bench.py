@@ -2,14 +2,20 @@
 
 No timing asserts: the numbers depend on the machine. What is checked is that each configuration
 ran (positive figures), the outputs exist, and each ratio is the quotient of this run's figures.
+Nor may a test depend on the machine's speed: the main test runs the shortest mix with the bench
+process itself starved (stopped most of the time) while the end-to-end run goes on, which is what a
+busy machine does at worst, and its worker must still be killed inside the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,11 +27,55 @@ ROW_KEYS = ["limit_xadd", "limit_sql", "limit_pipeline", "baseline_direct", "bas
 PG_URL = os.environ.get("SIMSTREAM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def _command(tmp_path, records: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "consumer", "bench", "--records", str(records), "--consumers", "1,2",
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SIMSTREAM_")}
+
+
 def _bench(tmp_path, *extra: str, records: int = 20_000) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSTREAM_")}
-    return subprocess.run([sys.executable, "-m", "consumer", "bench", "--records", str(records),
-                           "--consumers", "1,2", "--out", str(tmp_path / "out"), *extra],
-                          env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    return subprocess.run(_command(tmp_path, records, *extra), env=_env(), capture_output=True, text=True,
+                          timeout=400, cwd=tmp_path)
+
+
+def _bench_starved_during_end_to_end(tmp_path, records: int) -> subprocess.CompletedProcess:
+    """The bench with its own process stopped 1.5 s of every 1.55 s from the end-to-end run's start to
+    its result: the producer and consumers (processes of their own) run on; the bench barely does."""
+    bench = subprocess.Popen(_command(tmp_path, records), env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    starving = threading.Event()
+
+    def starve() -> None:
+        while starving.is_set():
+            bench.send_signal(signal.SIGSTOP)
+            time.sleep(1.5)
+            bench.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+
+    lines, starver = [], threading.Thread(target=starve, daemon=True)
+    try:
+        for line in bench.stdout:  # bounded: the process is killed in finally if the test fails
+            lines.append(line)
+            if line.startswith("  simstream consumers x2") and starver.ident is None:  # end to end is next
+                starving.set()
+                starver.start()
+            elif line.startswith("  end to end") or "error" in line:
+                starving.clear()
+                if starver.is_alive():
+                    starver.join(5)
+                bench.send_signal(signal.SIGCONT)
+        stderr = bench.stderr.read()
+        bench.wait(60)
+    finally:
+        starving.clear()
+        if bench.poll() is None:
+            bench.send_signal(signal.SIGCONT)
+            bench.kill()
+            bench.wait(10)
+    return subprocess.CompletedProcess(bench.args, bench.returncode, "".join(lines), stderr)
 
 
 def _rows(tmp_path) -> dict[str, dict]:
@@ -60,10 +110,11 @@ def _assert_ratio(rows: dict[str, dict], key: str, base: str) -> None:
     assert row["ratio"] == pytest.approx(row["rate"] / rows[base]["rate"], rel=1e-9)
 
 
+@pytest.mark.timeout(400)
 def test_bench_measures_every_row_and_computes_ratios_from_the_same_run(tmp_path):
     # Given: no Redis or database configured (the bench starts its own, fresh per configuration)
-    # When: a small bench runs
-    result = _bench(tmp_path)
+    # When: the shortest bench runs, its own process starved during the end-to-end run (a busy machine)
+    result = _bench_starved_during_end_to_end(tmp_path, records=1_000)
 
     # Then: every row is there with positive figures, and each ratio uses this run's limits
     rows = _assert_complete_and_consistent(tmp_path, result)

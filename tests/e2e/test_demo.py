@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,11 @@ def test_demo_on_embedded_redis_persists_every_row(tmp_path, consumers):
     for table in ("agents", "agent_states", "agent_actions", "resource_states", "simulation_steps"):
         assert any(line.startswith(table) and line.endswith("ok") for line in result.stdout.splitlines())
     assert (tmp_path / "demo.db").exists()
+    # progress counts records against records (not rows), and ends with every one of them persisted
+    progress = re.findall(r"^persisted (\d+)/(\d+)", result.stdout, re.MULTILINE)
+    assert progress and all(0 < int(total) for _, total in progress), result.stdout
+    done, total = progress[-1]
+    assert done == total
 
 
 def test_demo_with_an_unreachable_redis_says_what_to_do(tmp_path):

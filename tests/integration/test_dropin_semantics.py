@@ -147,8 +147,45 @@ def test_validation_is_the_references_and_a_rejected_call_logs_nothing(redis_ser
                                   "position": (0, 0), "initial_resources": 1.0}])
     with pytest.raises(ValueError, match="expected a tuple of 10 values"):
         logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1), ("a2", 1.0)], [], {})
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="simulation_steps has no column for: \\['not_a_metric'\\]"):
         logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1)], [(1, 2.0, 0.0, 0.0)],
                         {"not_a_metric": 1})
+    assert logger.producer.stats()["logged"] == logged
+    logger.close()
+
+
+def test_where_the_reference_raises_the_logger_raises_the_same_type_with_one_clear_sentence(
+        redis_server, simulation_id, namespace):
+    from tests.reference_models import SimulationStepModel
+
+    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
+    logged = logger.producer.stats()["logged"]
+    state = ("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1)
+    # the reference compares step_number with 0: a TypeError
+    with pytest.raises(TypeError, match="^step_number must be an int, got str '3'$"):
+        logger.log_agent_action("3", "a1", "move")
+    with pytest.raises(TypeError, match="^step_number must be an int, got NoneType None$"):
+        logger.log_interaction_edge(None, "agent", "a1", "agent", "a2", "attack")
+    # the reference indexes position[0] and position[1]: TypeError for None, IndexError for one number
+    with pytest.raises(TypeError, match=r"^position must be an \(x, y\) pair, got None$"):
+        logger.log_agent("a1", 0, "system", None, 5.0, 10.0)
+    with pytest.raises(TypeError, match=r"^position must be an \(x, y\) pair"):
+        logger.log_agents_batch([{"agent_id": "a0", "birth_time": 0, "agent_type": "system", "position": (0, 0),
+                                  "initial_resources": 1.0, "starting_health": 10.0},
+                                 {"agent_id": "a1", "birth_time": 0, "agent_type": "system", "position": None,
+                                  "initial_resources": 1.0, "starting_health": 10.0}])
+    with pytest.raises(IndexError, match=r"^position must be an \(x, y\) pair, got \(1.0,\)$"):
+        logger.log_resource(1, 5.0, (1.0,))
+    with pytest.raises(TypeError, match=r"^parent_position must be an \(x, y\) pair"):
+        logger.log_reproduction_event(1, "a1", None, False, 5.0, 5.0, None, "no room", 0, None, None)
+    # the reference reads state[9] (IndexError) and builds SimulationStepModel(**metrics) (TypeError)
+    with pytest.raises(IndexError, match="expected a tuple of 10 values"):
+        logger.log_step(1, [state, ("a2", 1.0)], [], {})
+    with pytest.raises(TypeError):
+        SimulationStepModel(step_number=1, not_a_metric=1)
+    with pytest.raises(TypeError, match="no column for: \\['not_a_metric'\\]"):
+        logger.log_step(1, [state], [], {"not_a_metric": 1})
+
+    # Then: none of the rejected calls logged anything
     assert logger.producer.stats()["logged"] == logged
     logger.close()

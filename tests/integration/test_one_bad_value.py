@@ -132,7 +132,7 @@ def assert_only_bad_ones_dead_lettered(engine, simulation_id: str, bad: dict[str
         letter = by_agent[agent_id]
         assert cause in letter.error, f"{agent_id}: {letter.error}"
         assert letter.simulation_id == simulation_id and letter.entry_index == 0
-        assert letter.delivery_count is None  # dead-lettered on its first delivery, not by the limit
+        assert letter.delivery_count == 1  # dead-lettered on its first delivery, not by the limit
 
 
 def dead_letter_entries(engine) -> set[str]:

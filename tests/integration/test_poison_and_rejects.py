@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text
 
 from common import schema
 from common.codec import FORMAT_VERSION
 from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
+from consumer.cli import cli
 from consumer.dead_letters import list_dead_letters, purge_dead_letters, retry_dead_letters
 from producer import RedisBufferedDataLogger
 from tests.helpers import assert_rows_match, produce_workload
@@ -50,6 +52,7 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
     client.xgroup_create(stream, "simstream", id="0")
     client.xreadgroup("simstream", WORKER_NAME, {stream: ">"})
     client.xdel(stream, trimmed_id)
+    late_id = client.xadd(stream, {b"r": b"\xc1"}).decode()
     expected_more = produce_workload(logger, steps=5, agents=3, first_step=6)
     logger.close()
 
@@ -61,9 +64,16 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
     for entry_id, reason in poison_ids.items():
         assert reason in letters[entry_id].error
         assert letters[entry_id].raw is not None and letters[entry_id].simulation_id == simulation_id
+        assert letters[entry_id].delivery_count == 2  # read by the test above, then by the worker's replay
+    assert letters[late_id].delivery_count == 1  # rejected on its first read
+    assert letters[next(i for i, r in poison_ids.items() if r == "not valid msgpack")].error.endswith(
+        "(FormatError: Invalid msgpack format)")
     assert "no 'r' field" in letters[foreign_id].error
     assert "trimmed" in letters[trimmed_id].error and letters[trimmed_id].raw is None
-    assert len(letters) == len(poison) + 2
+    assert len(letters) == len(poison) + 3
+    listed = CliRunner().invoke(cli, ["dlq", "list", "--db", sqlite_url, "--limit", "100"]).output
+    assert "deliveries=None" not in listed and ": )" not in listed
+    assert "deliveries=1 " in listed and "deliveries=2 " in listed
     for table, rows in expected_more.items():
         expected[table].update(rows)
     assert_rows_match(sink_engine, simulation_id, expected)
