@@ -1,14 +1,25 @@
-"""The stream entry format: one field, ``r``, holding msgpack bytes.
+"""The stream entry format: one field, ``r``, holding msgpack bytes, in one of two versions.
 
-Payload: ``[format_version, kind, producer_id, seq, fields]``. ``producer_id`` + ``seq`` is the
-record's identity (its ``record_key``): a record sent twice (a retried XADD whose reply was
-lost, a journal replayed) keeps it, so the sink can ignore the copy.
+**Format 2, a record batch** (what producers write): many records in one entry, so that an entry,
+not a record, is the unit of XADD, delivery, claim and XACK::
 
-An *unencodable* record (a value nested deeper than msgpack's 511 levels, a ``__repr__`` that
-raises, anything the encoder cannot turn into bytes) is sent marked: its ``fields`` slot holds a
-string, the reason, instead of a map. It keeps its identity, so the producer's sequence numbers
-stay contiguous, and :func:`decode` raises RecordError with that reason: the consumer
-dead-letters exactly that record, and the producer's sender thread never stops on a value.
+    [2, rows_version, layout, producer_id, first_seq, count, groups, rejects]
+    groups:  [[kind, offsets, rows], ...]      one per kind present in the batch
+    rejects: [[offset, kind, reason, fields], ...]
+
+Record ``offset`` of the batch has sequence number ``first_seq + offset``; its identity is
+``producer_id:seq`` (its ``record_key``) or its table's natural key, so a batch sent twice (a
+retried XADD whose reply was lost, a journal replayed) writes nothing twice. Each row is laid out
+by the producer's sender (:mod:`common.rows`, version ``rows_version``): the consumer hands a
+group's rows to ``executemany`` as they are. A record the sender could not lay out (a value no
+column takes, a value that cannot be encoded) travels as a *reject* with its reason, in its place
+in the sequence: the consumer dead-letters exactly that record, with the entry id and its offset,
+and the producer's sender thread never stops on a value.
+
+**Format 1, one record per entry** (producers before batches; streams and journals written then):
+``[1, kind, producer_id, seq, fields]``, with ``fields`` a map, or a string (the reason) for a
+record its producer marked unencodable. Still read: :func:`decode_entry` lays its record out with
+the same :class:`~common.rows.RowMaker` the sender uses.
 """
 
 from __future__ import annotations
@@ -21,7 +32,12 @@ import msgpack
 from common.errors import RecordError
 from common.records import KINDS, RecordKind
 
-FORMAT_VERSION = 1
+RECORD_FORMAT = 1
+"""Format 1: one record per entry (still read; written only by :func:`make_encoder`)."""
+BATCH_FORMAT = 2
+"""Format 2: a record batch."""
+FORMAT_VERSION = BATCH_FORMAT
+"""The format producers write."""
 ENTRY_FIELD = b"r"
 MISSING_FIELD = b""
 """Payload of an entry that exists but has no ``r`` field (distinct from a trimmed entry's None)."""
@@ -81,7 +97,7 @@ def unencodable_reason(exc: BaseException) -> str:
 
 
 def make_encoder() -> Callable[[str, str, int, dict[str, Any]], bytes]:
-    """An encoder with its own reusable packer; use one per thread. Never raises for a value:
+    """A format 1 (one record per entry) encoder, for entries of older producers. An encoder with its own reusable packer; use one per thread. Never raises for a value:
     what msgpack cannot carry (a datetime, an int past 64 bits) is sent as its repr, and the
     consumer then takes it or dead-letters the record with the reason; a record that cannot be
     encoded even so (nesting past msgpack's depth or Python's recursion limit, a failing
@@ -91,20 +107,20 @@ def make_encoder() -> Callable[[str, str, int, dict[str, Any]], bytes]:
     def encode(kind: str, producer_id: str, seq: int, fields: dict[str, Any]) -> bytes:
         nonlocal packer
         try:
-            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, fields))
+            return packer.pack((RECORD_FORMAT, kind, producer_id, seq, fields))
         except Exception:  # noqa: BLE001 - any value may fail; the fallback below says why
             packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)  # drop any half-packed state
         try:
-            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, _plain(fields)))
+            return packer.pack((RECORD_FORMAT, kind, producer_id, seq, _plain(fields)))
         except Exception as exc:  # noqa: BLE001 - RecursionError, ValueError (depth), a raising __repr__
             packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
-            return packer.pack((FORMAT_VERSION, kind, producer_id, seq, unencodable_reason(exc)))
+            return packer.pack((RECORD_FORMAT, kind, producer_id, seq, unencodable_reason(exc)))
 
     return encode
 
 
 def decode(payload: bytes | None) -> Record:
-    """Decode an entry's payload, or raise RecordError saying what is wrong with it."""
+    """Decode a format 1 entry's payload, or raise RecordError saying what is wrong with it."""
     if payload is None:
         raise RecordError("entry has no payload: it was trimmed or deleted before it was persisted")
     if payload == MISSING_FIELD:
@@ -116,8 +132,8 @@ def decode(payload: bytes | None) -> Record:
     if not isinstance(unpacked, list) or len(unpacked) != 5:
         raise RecordError("payload is not a [version, kind, producer, seq, fields] array")
     version, kind_name, producer_id, seq, fields = unpacked
-    if version != FORMAT_VERSION:
-        raise RecordError(f"unknown format version {version!r}; this consumer reads {FORMAT_VERSION}")
+    if version != RECORD_FORMAT:
+        raise RecordError(f"unknown format version {version!r}; this consumer reads {RECORD_FORMAT} and {BATCH_FORMAT}")
     kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         raise RecordError(f"unknown record kind {kind_name!r}")
@@ -139,3 +155,216 @@ def entry_payload(entry_fields: dict[bytes, bytes] | None) -> bytes | None:
     if entry_fields is None:
         return None
     return entry_fields.get(ENTRY_FIELD, MISSING_FIELD)
+
+
+# -- format 2: record batches ------------------------------------------------------------------
+
+BufferedRecord = tuple[str, int, dict[str, Any]]
+"""(kind, seq, fields) as a producer buffers a record."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """One format 2 entry ready to append: its payload and the records it holds."""
+
+    payload: bytes
+    producer_id: str
+    first_seq: int
+    last_seq: int
+    records: int
+    layout: str | None = None
+
+
+class BatchEncoder:
+    """Lays a producer's records out as rows and packs them into format 2 entries of at most
+    ``max_records`` records and (unless one record alone is larger) ``max_bytes`` bytes.
+
+    Never raises for a value: a record that cannot be laid out or encoded becomes a reject with
+    its reason (see the module docstring). Use one per thread (it keeps a packer).
+    """
+
+    def __init__(self, simulation_id: str, producer_id: str, layout: str, max_records: int = 250,
+                 max_bytes: int = 256 * 1024) -> None:
+        from common.layouts import layout_named
+        from common.rows import ROWS_VERSION, RowMaker
+
+        self.simulation_id = simulation_id
+        self.producer_id = producer_id
+        self.layout = layout
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._rows = RowMaker(layout_named(layout))
+        self._rows_version = ROWS_VERSION
+        self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+        self._key_prefix = f"{producer_id}:"
+
+    def encode(self, records: list[BufferedRecord]) -> list[EncodedBatch]:
+        """``records`` (in sequence order) as one or more entries, in order."""
+        laid_out = [self._lay_out(record) for record in records]
+        return [batch for start in range(0, len(laid_out), self.max_records)
+                for batch in self._pack(laid_out[start:start + self.max_records])]
+
+    def _lay_out(self, record: BufferedRecord) -> tuple[int, str, Any, str | None]:
+        """(seq, kind, row, None) or, if the record cannot become a row, (seq, kind, fields, reason)."""
+        kind, seq, fields = record
+        try:
+            return seq, kind, self._rows.make(kind, self.simulation_id, f"{self._key_prefix}{seq}", fields), None
+        except RecordError as exc:
+            return seq, kind, fields, str(exc)
+
+    def _pack(self, laid_out: list[tuple[int, str, Any, str | None]]) -> list[EncodedBatch]:
+        payload = self._payload(laid_out)
+        if len(payload) > self.max_bytes and len(laid_out) > 1:
+            middle = len(laid_out) // 2
+            return self._pack(laid_out[:middle]) + self._pack(laid_out[middle:])
+        first, last = laid_out[0][0], laid_out[-1][0]
+        return [EncodedBatch(payload, self.producer_id, first, last, len(laid_out), self.layout)]
+
+    def _payload(self, laid_out: list[tuple[int, str, Any, str | None]]) -> bytes:
+        first_seq = laid_out[0][0]
+        groups: dict[str, tuple[list[int], list[Any]]] = {}
+        rejects = []
+        for seq, kind, row, reason in laid_out:
+            if reason is None:
+                offsets, rows = groups.setdefault(kind, ([], []))
+                offsets.append(seq - first_seq)
+                rows.append(row)
+            else:
+                rejects.append([seq - first_seq, kind, reason, row])
+        header = (BATCH_FORMAT, self._rows_version, self.layout, self.producer_id, first_seq, len(laid_out))
+        body = [[kind, offsets, rows] for kind, (offsets, rows) in groups.items()]
+        try:
+            return self._packer.pack((*header, body, rejects))
+        except Exception:  # noqa: BLE001 - a value msgpack refuses (a lone surrogate): find its record
+            self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+        return self._payload([self._packable(item) for item in laid_out])
+
+    def _packable(self, item: tuple[int, str, Any, str | None]) -> tuple[int, str, Any, str | None]:
+        """``item``, or a reject in its place (without its values) if msgpack cannot pack it."""
+        seq, kind, row, reason = item
+        try:
+            self._packer.pack(item)
+            return item
+        except Exception as exc:  # noqa: BLE001 - the packer is reset below; the record carries why
+            self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+            return seq, kind, None, f"{kind} record {self.producer_id}:{seq} could not be encoded by its producer " \
+                                    f"({unencodable_reason(exc)})"
+
+
+@dataclass(slots=True)
+class DecodedEntry:
+    """An entry's records as the sink writes them: rows grouped by kind, and rejects.
+
+    ``groups``: (kind, offsets, rows); ``rejects``: (offset, reason). ``records``: how many records
+    the entry holds (committed plus rejected). :meth:`letter_payload` is what a dead letter of one
+    record keeps: an entry payload holding that record alone, which ``simstream dlq retry`` appends.
+    """
+
+    version: int
+    producer_id: str
+    first_seq: int
+    records: int
+    groups: list[tuple[str, list[int], list[Any]]]
+    rejects: list[tuple[int, str]]
+    _payload: bytes
+    _layout: str = ""
+    _reject_items: dict[int, list[Any]] | None = None
+
+    def letter_payload(self, offset: int) -> bytes:
+        """A payload holding only the record at ``offset`` (a format 1 entry: the entry itself)."""
+        if self.version == RECORD_FORMAT:
+            return self._payload
+        seq = self.first_seq + offset
+        header = (BATCH_FORMAT, _rows_version(), self._layout, self.producer_id, seq, 1)
+        if self._reject_items and offset in self._reject_items:
+            _, kind, reason, fields = self._reject_items[offset]
+            return msgpack.packb((*header, [], [[0, kind, reason, fields]]), use_bin_type=True)
+        for kind, offsets, rows in self.groups:
+            if offset in offsets:
+                return msgpack.packb((*header, [[kind, [0], [rows[offsets.index(offset)]]]], []), use_bin_type=True)
+        raise KeyError(offset)
+
+
+def _rows_version() -> int:
+    from common.rows import ROWS_VERSION
+
+    return ROWS_VERSION
+
+
+def decode_entry(payload: bytes | None, simulation_id: str, rows) -> DecodedEntry:
+    """Decode an entry of either format; a format 1 record is laid out by ``rows`` (a
+    :class:`~common.rows.RowMaker` for the simulation's layout). Raises RecordError if the entry
+    as a whole is unreadable (trimmed, not msgpack, an unknown version or shape); a record that
+    cannot become a row is returned among the rejects."""
+    if payload is None or payload == MISSING_FIELD:
+        decode(payload)  # raises, saying which
+    try:
+        unpacked = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise RecordError(f"payload is not valid msgpack ({type(exc).__name__}: {_said(exc)})") from exc
+    if isinstance(unpacked, list) and unpacked and unpacked[0] == RECORD_FORMAT:
+        return _decoded_record(payload, simulation_id, rows)
+    if not isinstance(unpacked, list) or not unpacked or unpacked[0] != BATCH_FORMAT:
+        version = unpacked[0] if isinstance(unpacked, list) and unpacked else None
+        if isinstance(unpacked, list) and len(unpacked) in (5, 8):
+            raise RecordError(f"unknown format version {version!r}; this consumer reads {RECORD_FORMAT} and {BATCH_FORMAT}")
+        raise RecordError("payload is not a [version, kind, producer, seq, fields] array nor a record batch")
+    return _decoded_batch(payload, unpacked)
+
+
+def _decoded_record(payload: bytes, simulation_id: str, rows) -> DecodedEntry:
+    record = decode(payload)
+    try:
+        row = rows.make(record.kind.name, simulation_id, record.record_key, record.fields)
+    except RecordError as exc:
+        return DecodedEntry(RECORD_FORMAT, record.producer_id, record.seq, 1, [], [(0, str(exc))], payload)
+    return DecodedEntry(RECORD_FORMAT, record.producer_id, record.seq, 1, [(record.kind.name, [0], [row])], [], payload)
+
+
+def _decoded_batch(payload: bytes, unpacked: list) -> DecodedEntry:
+    if len(unpacked) != 8:
+        raise RecordError("record batch is not an array of 8 items")
+    _, rows_version, layout, producer_id, first_seq, count, groups, rejects = unpacked
+    if rows_version != _rows_version():
+        raise RecordError(f"unknown row layout version {rows_version!r}; this consumer reads {_rows_version()}")
+    if not isinstance(producer_id, str) or not isinstance(first_seq, int) or not isinstance(count, int):
+        raise RecordError("record batch has a malformed producer id, sequence number or count")
+    if not isinstance(groups, list) or not isinstance(rejects, list):
+        raise RecordError("record batch has malformed groups or rejects")
+    seen = 0
+    for group in groups:
+        if (not isinstance(group, list) or len(group) != 3 or group[0] not in KINDS or not isinstance(group[1], list)
+                or not isinstance(group[2], list) or len(group[1]) != len(group[2])):
+            raise RecordError("record batch has a malformed group (unknown kind, or offsets and rows that differ)")
+        seen += len(group[1])
+    reject_items = {}
+    for item in rejects:
+        if not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], int):
+            raise RecordError("record batch has a malformed reject")
+        reject_items[item[0]] = item
+    if seen + len(reject_items) != count:
+        raise RecordError(f"record batch says it holds {count} records but carries {seen + len(reject_items)}")
+    return DecodedEntry(BATCH_FORMAT, producer_id, first_seq, count, [tuple(group) for group in groups],
+                        [(offset, str(item[2])) for offset, item in reject_items.items()], payload,
+                        layout if isinstance(layout, str) else "", reject_items)
+
+
+def describe(payload: bytes) -> EncodedBatch | None:
+    """What an entry payload holds, from its header: producer, sequence numbers, record count
+    and layout (a format 1 start record names it). None if the payload is unreadable; it is
+    still appended, and the consumer dead-letters it."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(payload)
+        size = unpacker.read_array_header()
+        version = unpacker.unpack()
+        if version == BATCH_FORMAT and size == 8:
+            _, layout, producer_id, first_seq, count = (unpacker.unpack() for _ in range(5))
+            return EncodedBatch(payload, producer_id, first_seq, first_seq + count - 1, count, layout)
+        if version == RECORD_FORMAT and size == 5:
+            kind, producer_id, seq, fields = (unpacker.unpack() for _ in range(4))
+            layout = fields.get("layout") if kind == "simulation" and isinstance(fields, dict) else None
+            return EncodedBatch(payload, producer_id, seq, seq, 1, layout if isinstance(layout, str) else None)
+    except Exception:  # noqa: BLE001 - unreadable: the consumer dead-letters it with the reason
+        return None
+    return None

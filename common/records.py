@@ -72,6 +72,7 @@ the order the simulation gave them, which msgpack preserves).
     keep_existing: tuple[str, ...] = ()
     json_text: tuple[str, ...] = ()
     derive: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    derived: tuple[str, ...] = ()
     allowed: frozenset[str] = field(init=False)
     required: frozenset[str] = field(init=False)
     _checks: tuple[tuple[str, tuple[type, ...], bool, Any, bool], ...] = field(init=False, repr=False,
@@ -206,7 +207,7 @@ KINDS: dict[str, RecordKind] = {kind.name: kind for kind in (
          req("current_health", FLOAT), req("starting_health", FLOAT),
          req("starvation_counter", INT), req("is_defending", BOOL), req("total_reward", FLOAT),
          req("age", INT)),
-        derive=_agent_state_id,
+        derive=_agent_state_id, derived=("id",),
     ),
     RecordKind(
         "resource_state", schema.resource_states,

@@ -177,6 +177,9 @@ class ProducerSettings:
     ``journal_dir`` is replayed into this run (True, with a warning naming it) or left on disk
     for ``simstream replay-journal`` (False, with a warning saying so).
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
+    ``batch_size``: records the sender takes from the buffer per pipeline; it packs them into
+    stream entries (record batches) of at most ``entry_records`` records and ``entry_max_bytes``
+    bytes (a single larger record still goes, alone).
 
     ``group`` is the consumer group ``wait_persisted`` waits for (``SIMSTREAM_GROUP``, like the
     consumers'); ``persist_timeout_s`` bounds ``flush_all_buffers(wait_persisted=True)``;
@@ -196,6 +199,8 @@ class ProducerSettings:
     namespace: str = DEFAULT_NAMESPACE
     redis_ca_certs: str = ""
     batch_size: int = 2000
+    entry_records: int = 250
+    entry_max_bytes: int = 262_144
     flush_interval_s: float = 0.05
     close_timeout_s: float = 60.0
     socket_timeout_s: float = 5.0
@@ -222,7 +227,8 @@ class ProducerSettings:
         object.__setattr__(self, "redis_url", redis_url_with_ca(self.redis_url, self.redis_ca_certs))
         validate_redis_url(self.redis_url)
         layout_named(self.layout)
-        _require_positive(self, "batch_size", "flush_interval_s", "close_timeout_s", "socket_timeout_s",
+        _require_positive(self, "batch_size", "entry_records", "entry_max_bytes", "flush_interval_s",
+                          "close_timeout_s", "socket_timeout_s",
                           "spill_after_s", "journal_retry_interval_s", "high_water_records",
                           "low_water_records", "throttle_sleep_s", "persist_timeout_s", "heartbeat_interval_s",
                           "replica_wait_ms")
@@ -262,6 +268,9 @@ class ConsumerSettings:
     from for this long (its heartbeat, else its newest entry) is abandoned.
     ``redis_ca_certs``: a CA file for a ``rediss://`` URL, added to it as ``ssl_ca_certs``.
     The repr masks the URLs' passwords.
+    ``batch_size``: stream entries read per XREADGROUP and committed in one transaction; an entry
+    is a record batch of up to the producer's ``entry_records`` records (or one record, for
+    entries of producers older than record batches).
     ``failing_after_ms``: for the metrics endpoint's health gauge, how long consumers retry a
     simulation's database or Redis before it is ``sink-failing`` / ``redis-failing``.
     """
@@ -271,7 +280,7 @@ class ConsumerSettings:
     namespace: str = DEFAULT_NAMESPACE
     group: str = DEFAULT_GROUP
     redis_ca_certs: str = ""
-    batch_size: int = 1000
+    batch_size: int = 40
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
     claim_interval_ms: int = 5_000
