@@ -11,22 +11,34 @@ import logging
 import logging.handlers
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
+from common.events import fields_of
 from common.masking import mask_secrets
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, process, message (passwords masked)."""
+    """One JSON object per record: time, level, logger, process, message, and for an event
+    (:mod:`common.events`) its name as ``event`` and each of its fields as a key (passwords
+    masked in every text value)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
+        line: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
-            "message": mask_secrets(record.getMessage()),
-        })
+        }
+        name, fields = fields_of(record)
+        if name is not None:
+            line["event"] = name
+            for key, value in fields.items():
+                shown = mask_secrets(value) if isinstance(value, str) else value
+                line[key if key not in line and key != "message" else f"event_{key}"] = shown
+        line["message"] = mask_secrets(record.getMessage())
+        if record.exc_info:
+            line["exception"] = mask_secrets(self.formatException(record.exc_info))
+        return json.dumps(line)
 
 
 class MaskingFormatter(logging.Formatter):
