@@ -25,7 +25,7 @@ the same :class:`~common.rows.RowMaker` the sender uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 
@@ -197,65 +197,87 @@ class BatchEncoder:
         self._rows_version = ROWS_VERSION
         self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
         self._key_prefix = f"{producer_id}:"
+        self._makers: dict[str, Callable[[str, str, Any], tuple[Any, ...]]] = {}
 
     def encode(self, records: list[BufferedRecord]) -> list[EncodedBatch]:
         """``records`` (in sequence order) as one or more entries, in order."""
-        laid_out = [self._lay_out(record) for record in records]
-        return [batch for start in range(0, len(laid_out), self.max_records)
-                for batch in self._pack(laid_out[start:start + self.max_records])]
+        return [batch for start in range(0, len(records), self.max_records)
+                for batch in self._encode(records[start:start + self.max_records])]
 
-    def _lay_out(self, record: BufferedRecord) -> tuple[int, str, Any, str | None]:
-        """(seq, kind, row, None) or, if the record cannot become a row, (seq, kind, fields, reason)."""
-        kind, seq, fields = record
-        try:
-            return seq, kind, self._rows.make(kind, self.simulation_id, f"{self._key_prefix}{seq}", fields), None
-        except RecordError as exc:
-            return seq, kind, fields, str(exc)
+    def _encode(self, records: list[BufferedRecord]) -> list[EncodedBatch]:
+        payload = self._payload(records)
+        if len(payload) > self.max_bytes and len(records) > 1:
+            middle = len(records) // 2
+            return self._encode(records[:middle]) + self._encode(records[middle:])
+        first, last = records[0][1], records[-1][1]
+        return [EncodedBatch(payload, self.producer_id, first, last, len(records), self.layout)]
 
-    def _pack(self, laid_out: list[tuple[int, str, Any, str | None]]) -> list[EncodedBatch]:
-        payload = self._payload(laid_out)
-        if len(payload) > self.max_bytes and len(laid_out) > 1:
-            middle = len(laid_out) // 2
-            return self._pack(laid_out[:middle]) + self._pack(laid_out[middle:])
-        first, last = laid_out[0][0], laid_out[-1][0]
-        return [EncodedBatch(payload, self.producer_id, first, last, len(laid_out), self.layout)]
-
-    def _payload(self, laid_out: list[tuple[int, str, Any, str | None]]) -> bytes:
-        first_seq = laid_out[0][0]
+    def _payload(self, records: list[BufferedRecord], unpackable: dict[int, str] | None = None) -> bytes:
+        """One entry's payload. ``unpackable``: reasons for records msgpack could not pack (by seq)."""
+        makers, simulation_id, prefix = self._makers, self.simulation_id, self._key_prefix
+        first_seq = records[0][1]
         groups: dict[str, tuple[list[int], list[Any]]] = {}
         rejects = []
-        for seq, kind, row, reason in laid_out:
-            if reason is None:
-                offsets, rows = groups.setdefault(kind, ([], []))
-                offsets.append(seq - first_seq)
-                rows.append(row)
-            else:
-                rejects.append([seq - first_seq, kind, reason, row])
-        header = (BATCH_FORMAT, self._rows_version, self.layout, self.producer_id, first_seq, len(laid_out))
-        body = [[kind, offsets, rows] for kind, (offsets, rows) in groups.items()]
+        for kind, seq, fields in records:  # the sender's hot loop: kept flat on purpose
+            try:
+                if unpackable and seq in unpackable:
+                    raise RecordError(unpackable[seq])
+                row = (makers.get(kind) or self._maker(kind))(simulation_id, f"{prefix}{seq}", fields)
+            except RecordError as exc:
+                rejects.append((seq - first_seq, kind, str(exc), None if unpackable and seq in unpackable else fields))
+                continue
+            group = groups.get(kind)
+            if group is None:
+                group = groups[kind] = ([], [])
+            group[0].append(seq - first_seq)
+            group[1].append(row)
+        header = (BATCH_FORMAT, self._rows_version, self.layout, self.producer_id, first_seq, len(records))
+        body = [(kind, offsets, rows) for kind, (offsets, rows) in groups.items()]
         try:
             return self._packer.pack((*header, body, rejects))
         except Exception:  # noqa: BLE001 - a value msgpack refuses (a lone surrogate): find its record
             self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
-        return self._payload([self._packable(item) for item in laid_out])
+            if unpackable is not None:
+                raise
+        return self._payload(records, self._unpackable(records))
 
-    def _packable(self, item: tuple[int, str, Any, str | None]) -> tuple[int, str, Any, str | None]:
-        """``item``, or a reject in its place (without its values) if msgpack cannot pack it."""
-        seq, kind, row, reason = item
-        try:
-            self._packer.pack(item)
-            return item
-        except Exception as exc:  # noqa: BLE001 - the packer is reset below; the record carries why
-            self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
-            return seq, kind, None, f"{kind} record {self.producer_id}:{seq} could not be encoded by its producer " \
-                                    f"({unencodable_reason(exc)})"
+    def _maker(self, kind: str) -> Callable[[str, str, Any], Any]:
+        maker = self._makers[kind] = self._rows.maker_for(kind)
+        return maker
+
+    def _unpackable(self, records: list[BufferedRecord]) -> dict[int, str]:
+        """Why each record msgpack cannot pack (as a row, or else as its fields) cannot be sent."""
+        reasons = {}
+        for kind, seq, fields in records:
+            try:
+                try:
+                    self._packer.pack(self._rows.make(kind, self.simulation_id, f"{self._key_prefix}{seq}", fields))
+                except RecordError as rejected:  # sent as a reject with its fields, if they pack
+                    try:
+                        self._packer.pack(fields)
+                    except Exception as exc:  # noqa: BLE001
+                        raise _Unpackable(f"{rejected}; {kind} record {self.producer_id}:{seq} could not be "
+                                          f"encoded by its producer ({unencodable_reason(exc)})") from exc
+            except _Unpackable as exc:
+                self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+                reasons[seq] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the packer is reset; the record carries why
+                self._packer = msgpack.Packer(use_bin_type=True, default=_to_builtin)
+                reasons[seq] = f"{kind} record {self.producer_id}:{seq} could not be encoded by its producer " \
+                               f"({unencodable_reason(exc)})"
+        return reasons
+
+
+class _Unpackable(Exception):
+    """A record neither its row nor its fields can be packed of (with the reasons)."""
 
 
 @dataclass(slots=True)
 class DecodedEntry:
     """An entry's records as the sink writes them: rows grouped by kind, and rejects.
 
-    ``groups``: (kind, offsets, rows); ``rejects``: (offset, reason). ``records``: how many records
+    ``groups``: (kind, offsets, rows), each row a tuple in :func:`~common.rows.row_columns` order;
+    ``rejects``: (offset, reason). ``records``: how many records
     the entry holds (committed plus rejected). :meth:`letter_payload` is what a dead letter of one
     record keeps: an entry payload holding that record alone, which ``simstream dlq retry`` appends.
     """
@@ -264,11 +286,11 @@ class DecodedEntry:
     producer_id: str
     first_seq: int
     records: int
-    groups: list[tuple[str, list[int], list[Any]]]
+    groups: list[tuple[str, Sequence[int], Sequence[tuple]]]
     rejects: list[tuple[int, str]]
     _payload: bytes
     _layout: str = ""
-    _reject_items: dict[int, list[Any]] | None = None
+    _reject_items: dict[int, tuple[Any, ...]] | None = None
 
     def letter_payload(self, offset: int) -> bytes:
         """A payload holding only the record at ``offset`` (a format 1 entry: the entry itself)."""
@@ -299,14 +321,16 @@ def decode_entry(payload: bytes | None, simulation_id: str, rows) -> DecodedEntr
     if payload is None or payload == MISSING_FIELD:
         decode(payload)  # raises, saying which
     try:
-        unpacked = msgpack.unpackb(payload, raw=False)
+        # Arrays as tuples: a group's rows go to the driver's executemany as they are (SQLAlchemy
+        # takes a list of tuples, not of lists), with no per-row conversion in the consumer.
+        unpacked = msgpack.unpackb(payload, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise RecordError(f"payload is not valid msgpack ({type(exc).__name__}: {_said(exc)})") from exc
-    if isinstance(unpacked, list) and unpacked and unpacked[0] == RECORD_FORMAT:
+    if isinstance(unpacked, tuple) and unpacked and unpacked[0] == RECORD_FORMAT:
         return _decoded_record(payload, simulation_id, rows)
-    if not isinstance(unpacked, list) or not unpacked or unpacked[0] != BATCH_FORMAT:
-        version = unpacked[0] if isinstance(unpacked, list) and unpacked else None
-        if isinstance(unpacked, list) and len(unpacked) in (5, 8):
+    if not isinstance(unpacked, tuple) or not unpacked or unpacked[0] != BATCH_FORMAT:
+        version = unpacked[0] if isinstance(unpacked, tuple) and unpacked else None
+        if isinstance(unpacked, tuple) and len(unpacked) in (5, 8):
             raise RecordError(f"unknown format version {version!r}; this consumer reads {RECORD_FORMAT} and {BATCH_FORMAT}")
         raise RecordError("payload is not a [version, kind, producer, seq, fields] array nor a record batch")
     return _decoded_batch(payload, unpacked)
@@ -318,10 +342,11 @@ def _decoded_record(payload: bytes, simulation_id: str, rows) -> DecodedEntry:
         row = rows.make(record.kind.name, simulation_id, record.record_key, record.fields)
     except RecordError as exc:
         return DecodedEntry(RECORD_FORMAT, record.producer_id, record.seq, 1, [], [(0, str(exc))], payload)
-    return DecodedEntry(RECORD_FORMAT, record.producer_id, record.seq, 1, [(record.kind.name, [0], [row])], [], payload)
+    return DecodedEntry(RECORD_FORMAT, record.producer_id, record.seq, 1, [(record.kind.name, (0,), [tuple(row)])], [],
+                        payload)
 
 
-def _decoded_batch(payload: bytes, unpacked: list) -> DecodedEntry:
+def _decoded_batch(payload: bytes, unpacked: tuple) -> DecodedEntry:
     if len(unpacked) != 8:
         raise RecordError("record batch is not an array of 8 items")
     _, rows_version, layout, producer_id, first_seq, count, groups, rejects = unpacked
@@ -329,22 +354,22 @@ def _decoded_batch(payload: bytes, unpacked: list) -> DecodedEntry:
         raise RecordError(f"unknown row layout version {rows_version!r}; this consumer reads {_rows_version()}")
     if not isinstance(producer_id, str) or not isinstance(first_seq, int) or not isinstance(count, int):
         raise RecordError("record batch has a malformed producer id, sequence number or count")
-    if not isinstance(groups, list) or not isinstance(rejects, list):
+    if not isinstance(groups, tuple) or not isinstance(rejects, tuple):
         raise RecordError("record batch has malformed groups or rejects")
     seen = 0
     for group in groups:
-        if (not isinstance(group, list) or len(group) != 3 or group[0] not in KINDS or not isinstance(group[1], list)
-                or not isinstance(group[2], list) or len(group[1]) != len(group[2])):
+        if (not isinstance(group, tuple) or len(group) != 3 or group[0] not in KINDS or not isinstance(group[1], tuple)
+                or not isinstance(group[2], tuple) or len(group[1]) != len(group[2])):
             raise RecordError("record batch has a malformed group (unknown kind, or offsets and rows that differ)")
         seen += len(group[1])
     reject_items = {}
     for item in rejects:
-        if not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], int):
+        if not isinstance(item, tuple) or len(item) != 4 or not isinstance(item[0], int):
             raise RecordError("record batch has a malformed reject")
         reject_items[item[0]] = item
     if seen + len(reject_items) != count:
         raise RecordError(f"record batch says it holds {count} records but carries {seen + len(reject_items)}")
-    return DecodedEntry(BATCH_FORMAT, producer_id, first_seq, count, [tuple(group) for group in groups],
+    return DecodedEntry(BATCH_FORMAT, producer_id, first_seq, count, list(groups),
                         [(offset, str(item[2])) for offset, item in reject_items.items()], payload,
                         layout if isinstance(layout, str) else "", reject_items)
 
@@ -360,11 +385,14 @@ def describe(payload: bytes) -> EncodedBatch | None:
         version = unpacker.unpack()
         if version == BATCH_FORMAT and size == 8:
             _, layout, producer_id, first_seq, count = (unpacker.unpack() for _ in range(5))
-            return EncodedBatch(payload, producer_id, first_seq, first_seq + count - 1, count, layout)
-        if version == RECORD_FORMAT and size == 5:
-            kind, producer_id, seq, fields = (unpacker.unpack() for _ in range(4))
-            layout = fields.get("layout") if kind == "simulation" and isinstance(fields, dict) else None
-            return EncodedBatch(payload, producer_id, seq, seq, 1, layout if isinstance(layout, str) else None)
+        elif version == RECORD_FORMAT and size == 5:
+            kind, producer_id, first_seq, fields = (unpacker.unpack() for _ in range(4))
+            layout, count = fields.get("layout") if kind == "simulation" and isinstance(fields, dict) else None, 1
+        else:
+            return None
     except Exception:  # noqa: BLE001 - unreadable: the consumer dead-letters it with the reason
         return None
-    return None
+    if not isinstance(producer_id, str) or type(first_seq) is not int or type(count) is not int or count < 1:
+        return None  # no identity to keep: appended as it is, and the consumer dead-letters it
+    return EncodedBatch(payload, producer_id, first_seq, first_seq + count - 1, count,
+                        layout if isinstance(layout, str) else None)

@@ -22,7 +22,12 @@ every call is a dictionary lookup and a return.
 
 - ``sender_in_hand:N``: a producer's sender thread, at the N-th batch it has taken from the buffer
   and not yet handed to Redis or the journal; ``sender_in_hand:N+`` at that batch and every later
-  one (so each restarted thread dies too). ``reset()`` forgets the counts between tests.
+  one (so each restarted thread dies too);
+- ``sender_appended:N``: a producer's sender thread, once the N-th pipeline's entries are in Redis
+  and before the sender has noted it (as if the reply were lost): the restarted thread sends the
+  same records again, and the append skips them (nothing is added twice).
+
+``reset()`` forgets the counts between tests.
 """
 
 from __future__ import annotations

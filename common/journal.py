@@ -1,16 +1,19 @@
 """The producer's on-disk journal: where records wait while Redis cannot take them.
 
 One append-only file per producer: ``<dir>/<simulation_id>~<producer_id>.journal``. Each frame
-is a 4-byte big-endian length and the record's encoded payload, exactly the bytes that would
-have been XADDed, so a replayed record keeps its identity and the sink ignores copies. A frame of
-length 0 marks the simulation complete (its producer was closed while Redis was away). A frame
-torn by a crash mid-write is ignored: it was never reported as journaled.
+is a 4-byte big-endian length and one stream entry's payload, exactly the bytes that would have
+been XADDed: a record batch (:mod:`common.codec` format 2), or, in journals written before
+record batches, one record (format 1). A replayed record keeps its identity. A frame of length 0
+marks the simulation complete (its producer was closed while Redis was away). A frame torn by a
+crash mid-write is ignored: it was never reported as journaled.
 
-Replaying sends the frames in order, then removes the file; a replay that fails half-way leaves
-the file, and the next replay sends all of it again (the copies write nothing new). A replay
-refreshes the simulation's heartbeat (:mod:`common.heartbeat`): a simulation shown as abandoned
-because its producer died comes back to life when its journal is replayed. The folder is created
-when a journal is first appended to, and producers remove it once a replay leaves it empty.
+Replaying appends the frames in order with :func:`common.stream_append.append_entries`, then
+removes the file. A replay that fails half-way leaves the file, and the next replay sends it
+again: entries whose producer's sequence number Redis already holds are skipped, so nothing is
+added twice (and the sink ignores copies anyway). A replay refreshes the simulation's heartbeat
+(:mod:`common.heartbeat`): a simulation shown as abandoned because its producer died comes back
+to life when its journal is replayed. The folder is created when a journal is first appended
+to, and producers remove it once a replay leaves it empty.
 
 Journals hold simulation data: the folder is created readable by its owner only (0700) and each
 file too (0600), whatever the umask.
@@ -32,15 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-import msgpack
 import redis
 
 from common import faults
-from common.codec import ENTRY_FIELD
+from common.codec import EncodedBatch, describe
 from common.failover import confirm_replicas, require_replicas, slot_client
 from common.heartbeat import touch_command
 from common.keys import Keys
-from common.layouts import META_FIELD as LAYOUT_FIELD
+from common.stream_append import append_entries
 
 _FRAME_HEADER = struct.Struct(">I")
 _COMPLETE_MARKER = b""
@@ -68,7 +70,7 @@ def journals_for(directory: str | Path, simulation_id: str) -> list[Path]:
 
 
 class Journal:
-    """Appends encoded records to one producer's journal file."""
+    """Appends entry payloads to one producer's journal file."""
 
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -138,8 +140,14 @@ def _locked(path: Path, mode: str) -> Iterator[BinaryIO]:
         handle.close()  # releases the lock
 
 
+_HEADER_BYTES = 512
+"""Bytes of a frame :func:`count_records` reads: a record batch's header (version, layout,
+producer, first sequence number, count) is well within them."""
+
+
 def count_records(path: str | Path) -> int:
-    """How many records a journal holds, read from its frame headers only (the file may be large)."""
+    """How many records a journal holds, read from each frame's header only (the file may be
+    large): a record batch's count; a format 1 frame, or one that cannot be read, is one."""
     records = 0
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -147,8 +155,10 @@ def count_records(path: str | Path) -> int:
             (length,) = _FRAME_HEADER.unpack(handle.read(_FRAME_HEADER.size))
             if handle.tell() + length > size:
                 break  # torn final frame
-            records += length > 0  # a zero-length frame is the completion marker
-            handle.seek(length, os.SEEK_CUR)
+            if length:  # a zero-length frame is the completion marker
+                head = handle.read(min(length, _HEADER_BYTES))
+                records += _described(head).records
+                handle.seek(length - len(head), os.SEEK_CUR)
     return records
 
 
@@ -183,7 +193,8 @@ def _frames(data: bytes) -> tuple[list[bytes], bool]:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a journal replay sent; ``last_entry_id``: the id of the last entry it added (None if none)."""
+    """What a journal replay sent: ``records`` (every record the journal held); ``last_entry_id``:
+    the id of the newest entry holding them (None if none)."""
 
     path: Path
     records: int
@@ -193,12 +204,13 @@ class ReplayResult:
 
 def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size: int = 2000,
                    mark_complete: bool = True, replica_acks: int = 0, replica_wait_ms: int = 1000) -> ReplayResult:
-    """Send a journal's records to their simulation's stream in order, then delete the file.
+    """Send a journal's entries to their simulation's stream in order, then delete the file.
 
-    ``mark_complete=False``: a completion marker in the journal is not applied (a producer of the
-    same simulation replaying what an earlier one left is itself still running). ``replica_acks``:
-    each batch counts as sent only once WAIT confirms that many replicas have it (the producer's
-    setting of the same name).
+    ``batch_size``: records per pipeline (a pipeline holds at least one entry). ``mark_complete=False``:
+    a completion marker in the journal is not applied (a producer of the same simulation replaying
+    what an earlier one left is itself still running). ``replica_acks``: each pipeline counts as sent
+    only once WAIT confirms that many replicas have it (the producer's setting of the same name).
+    ``records`` in the result counts every record the journal held, copies Redis already had included.
 
     Raises redis.RedisError if Redis fails part-way; the file is then kept for the next try.
     The file stays locked from reading to removal (see the module docstring); a journal another
@@ -211,52 +223,53 @@ def replay_journal(client: redis.Redis, keys: Keys, path: str | Path, batch_size
         except FileNotFoundError:
             return ReplayResult(path, 0, False)
         payloads, complete = _frames(handle.read())
-        last_entry_id = _send(client, keys, simulation_of(path), payloads, complete and mark_complete, batch_size,
+        entries = [_described(payload) for payload in payloads]
+        last_entry_id = _send(client, keys, simulation_of(path), entries, complete and mark_complete, batch_size,
                               (replica_acks, replica_wait_ms))
         path.unlink()
-    return ReplayResult(path, len(payloads), complete, last_entry_id)
+    return ReplayResult(path, sum(entry.records for entry in entries), complete, last_entry_id)
 
 
-def _send(client: redis.Redis, keys: Keys, simulation_id: str, payloads: list[bytes], complete: bool,
+def _described(payload: bytes) -> EncodedBatch:
+    """The frame (or its start) as an entry to append: producer, sequence numbers and record
+    count from its header; one whose header cannot be read counts one record without identity
+    (it is appended as it is, and the consumer dead-letters it with the reason)."""
+    return describe(payload) or EncodedBatch(payload, "", 0, 0, 1)
+
+
+def _chunks(entries: list[EncodedBatch], records: int) -> Iterator[list[EncodedBatch]]:
+    """``entries`` in order, in runs of about ``records`` records (at least one entry each)."""
+    chunk: list[EncodedBatch] = []
+    held = 0
+    for entry in entries:
+        if chunk and held + entry.records > records:
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(entry)
+        held += entry.records
+    if chunk:
+        yield chunk
+
+
+def _send(client: redis.Redis, keys: Keys, simulation_id: str, entries: list[EncodedBatch], complete: bool,
           batch_size: int, replicas: tuple[int, int] = (0, 0)) -> str | None:
-    """Register the simulation, XADD ``payloads`` in order, then record the producers' sequence
-    numbers (and completion); each batch refreshes the heartbeat. The stream's commands go to the
-    master owning its slot. Returns the id of the last entry added (None if none)."""
-    stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
+    """Register the simulation, append ``entries`` in order (copies Redis holds are skipped), then
+    record the completion; every append refreshes the heartbeat and announces the layout the
+    entries name. Returns the id of the newest entry holding them (None if none)."""
     require_replicas(client, keys.replica_probe(simulation_id), *replicas)
     client.sadd(keys.registry, simulation_id)
-    last_seq: dict[str, int] = {}
+    layouts = [entry.layout for entry in entries if isinstance(entry.layout, str) and entry.layout]
+    layout = layouts[-1] if layouts else None
     last_entry_id = None
-    layouts: list[str] = []
-    for start in range(0, len(payloads), batch_size):
-        pipe = slot_client(client, stream).pipeline(transaction=False)
-        chunk = payloads[start:start + batch_size]
-        for payload in chunk:
-            pipe.execute_command("XADD", stream, "*", ENTRY_FIELD, payload)
-            _note_identity(payload, last_seq, layouts)
-        pipe.execute_command(*touch_command(meta))
-        last_entry_id = confirm_replicas(pipe, *replicas)[len(chunk) - 1]
+    for chunk in _chunks(entries, batch_size):
+        result = append_entries(client, keys, simulation_id, chunk, layout=layout, skip_seen=True,
+                                replicas=replicas, register=False)
+        last_entry_id = result.last_entry_id or last_entry_id
         faults.checkpoint("journal_mid_replay", 0)
-    pipe = slot_client(client, stream).pipeline(transaction=False)
-    pipe.execute_command(*touch_command(meta))
-    if layouts:  # before the sequence numbers, as a producer writes them (see common.layouts)
-        pipe.hset(meta, LAYOUT_FIELD, layouts[-1])
-    for producer_id, seq in last_seq.items():
-        pipe.hset(meta, f"seq:{producer_id}", seq)
-    if complete:
-        pipe.hset(meta, mapping={"complete": 1, "completed_at": time.time()})
-    confirm_replicas(pipe, *replicas)
-    if isinstance(last_entry_id, bytes):
-        last_entry_id = last_entry_id.decode()
+    if complete or not entries:  # the completion; a journal of no entries refreshes the heartbeat here
+        pipe = slot_client(client, keys.stream(simulation_id)).pipeline(transaction=False)
+        pipe.execute_command(*touch_command(keys.meta(simulation_id)))
+        if complete:
+            pipe.hset(keys.meta(simulation_id), mapping={"complete": 1, "completed_at": time.time()})
+        confirm_replicas(pipe, *replicas)
     return last_entry_id
-
-
-def _note_identity(payload: bytes, last_seq: dict[str, int], layouts: list[str]) -> None:
-    """Note the record's producer and sequence number, and the layout a start record announces."""
-    try:
-        _, kind, producer_id, seq, fields = msgpack.unpackb(payload, raw=False)
-        last_seq[producer_id] = max(seq, last_seq.get(producer_id, 0))
-        if kind == "simulation" and isinstance(fields.get(LAYOUT_FIELD), str):
-            layouts.append(fields[LAYOUT_FIELD])
-    except Exception:  # a payload the consumer will dead-letter; it still goes to the stream
-        pass

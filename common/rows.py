@@ -17,7 +17,8 @@ turns it into a RecordError naming the record's kind, so one record is the unit 
 from __future__ import annotations
 
 import json
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from sqlalchemy import JSON
 
@@ -50,8 +51,18 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-_json_text = json.JSONEncoder(default=_json_default).encode
-"""json.dumps(value) (keys in the order given, as the reference logger writes) with one encoder."""
+_encode_chunks = json.encoder.c_make_encoder(
+    None, _json_default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True) \
+    if json.encoder.c_make_encoder is not None else None
+
+
+def _json_text(value: Any) -> str:
+    """json.dumps(value): keys in the order given, as the reference logger writes. The C encoder
+    is made once (json.dumps makes one per call, half its cost for a small map); without a
+    circular-reference check, a cycle ends in RecursionError, which rejects the record."""
+    if _encode_chunks is None:
+        return json.dumps(value, default=_json_default)
+    return "".join(_encode_chunks(value, 0))
 
 
 def plain_scalar(value: Any) -> Any:
@@ -83,6 +94,15 @@ class RowMaker:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self._plans = {name: self._plan(kind) for name, kind in KINDS.items()}
+        self._fast = {name: _fast_maker(plan, partial(self.make, name)) for name, plan in self._plans.items()}
+
+    def maker_for(self, kind_name: str) -> Callable[[str, str, Any], tuple[Any, ...]]:
+        """``make`` for one kind: ``(simulation_id, record_key, fields) -> row``, the same row or
+        RecordError, through code generated for the kind (the sender calls it once per record)."""
+        try:
+            return self._fast[kind_name]
+        except (KeyError, TypeError):
+            raise RecordError(f"unknown record kind {kind_name!r}") from None
 
     def _plan(self, kind: RecordKind) -> tuple:
         table = self.layout.table_for(kind.name, kind.table)
@@ -94,7 +114,7 @@ class RowMaker:
         no_simulation_id = kind.name in self.layout.kinds_without_simulation_id
         return kind, tuple(steps), no_simulation_id
 
-    def make(self, kind_name: str, simulation_id: str, record_key: str, fields: Any) -> list[Any]:
+    def make(self, kind_name: str, simulation_id: str, record_key: str, fields: Any) -> tuple[Any, ...]:
         """The record's row, or RecordError saying which value no column can take."""
         try:
             kind, steps, no_simulation_id = self._plans[kind_name]
@@ -108,12 +128,12 @@ class RowMaker:
             raise RecordError(f"{kind_name}: a value cannot be stored: {_cause(exc)}") from exc
 
     def _make(self, kind: RecordKind, steps: tuple, no_simulation_id: bool, simulation_id: str,
-              record_key: str, fields: Any) -> list[Any]:
+              record_key: str, fields: Any) -> tuple[Any, ...]:
         if not isinstance(fields, dict):
             raise RecordError(f"{kind.name}: fields must be a map, got {type(fields).__name__}")
         if not fields.keys() <= kind.allowed:
             raise RecordError(f"{kind.name}: unknown fields {sorted(fields.keys() - kind.allowed)}")
-        row: list[Any] = [None if no_simulation_id else simulation_id]
+        row: list[Any] = [None if no_simulation_id else simulation_id]  # a tuple when complete
         get = fields.get
         for name, required, default, types, bool_field, json_text, json_column in steps:
             value = get(name)
@@ -134,7 +154,7 @@ class RowMaker:
             row.append(record_key)
         if kind.derived:
             row.append(f"{simulation_id}:{row[_AGENT_ID]}-{row[_STEP_NUMBER]}")
-        return row
+        return tuple(row)
 
 
 # agent_state rows: [simulation_id, step_number, agent_id, ...]; its derived id is built from these.
@@ -157,7 +177,7 @@ def _json_value(kind_name: str, name: str, value: Any) -> str:
     try:
         return _json_text(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise _value_error(kind_name, name, value, f"a JSON value ({exc})") from None
+        raise _value_error(kind_name, name, value, f"a JSON value ({_cause(exc)})") from None
 
 
 def _value_error(kind: str, name: str, value: Any, expected: str) -> RecordError:
@@ -173,3 +193,54 @@ def _cause(exc: BaseException) -> str:
     message = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
 
+
+
+def _fast_maker(plan: tuple, careful: Callable[[str, str, Any], tuple[Any, ...]]) -> Callable[[str, str, Any], tuple[Any, ...]]:
+    """A function laying one kind's record out, generated for the kind: one straight line per field
+    for the usual values (a float, a str, a bool, an int of 64 bits, None where the field may be
+    absent, JSON text). Anything else (a numpy value, a missing required field, a default to fill,
+    a value that fails) goes to ``careful``, which returns the same row or raises the reason."""
+    kind, steps, no_simulation_id = plan
+    lines = ["def make(simulation_id, record_key, fields):",
+             "    if fields.__class__ is not dict or not fields.keys() <= ALLOWED:",
+             "        return careful(simulation_id, record_key, fields)",
+             "    get = fields.get",
+             "    try:"]
+    values = ["None" if no_simulation_id else "simulation_id"]
+    for index, (name, required, default, types, bool_field, json_text, json_column) in enumerate(steps):
+        value = f"v{index}"
+        values.append(value)
+        lines.append(f"        {value} = fields[{name!r}]" if required else f"        {value} = get({name!r})")
+        if json_text or json_column or types is JSON_VALUE:
+            if required:
+                lines.append(f"        if {value} is None: return careful(simulation_id, record_key, fields)")
+            elif default is not None:
+                lines.append(f"        if {value} is None: return careful(simulation_id, record_key, fields)")
+            if json_text:
+                lines.append(f"        if {value} is not None: {value} = dumps({value})")
+            if json_column:
+                lines.append(f"        {value} = dumps({value})")
+            continue
+        absent_ok = not required and default is None
+        if bool_field:
+            usual = f"(c is bool or c is int or c is float) and ({value} == 0 or {value} == 1)"
+        else:  # the class the field usually holds is tested first
+            tests = {float: "c is float", str: "c is str", int: f"(c is int and {MIN} <= {value} <= {MAX})"}
+            order = [t for t in types if t in tests] + [t for t in (float, str, int) if t not in types]
+            usual = " or ".join([tests[t] for t in dict.fromkeys(order)] + ["c is bool"])
+        lines += [f"        c = {value}.__class__",
+                  f"        if not ({usual}" + (f" or {value} is None" if absent_ok else "") + "):",
+                  "            return careful(simulation_id, record_key, fields)"]
+    if kind.keyed_by_record:
+        values.append("record_key")
+    if kind.derived:
+        values.append(f"f'{{simulation_id}}:{{v{_AGENT_ID - 1}}}-{{v{_STEP_NUMBER - 1}}}'")
+    lines += ["    except Exception:  # noqa: BLE001 - the careful path says why",
+              "        return careful(simulation_id, record_key, fields)",
+              f"    return ({', '.join(values)},)"]
+    namespace = {"ALLOWED": kind.allowed, "careful": careful, "dumps": _json_text}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built above from the kind's own field names
+    return namespace["make"]
+
+
+MIN, MAX = _INT64_MIN, _INT64_MAX

@@ -11,7 +11,10 @@ server and atomically:
 - raise ``seq:<producer>`` to the entry's last sequence number (records logged, for ``status``);
 - add the records appended to ``records_added`` (exact: skipped copies are not counted);
 - refresh the heartbeat by the server's clock;
-- return the id of the last entry added and, for ``group``, the backlog in records:
+- return the id of the last entry added (if every entry was a copy already there, the newest entry
+  appended for the last copy's producer: a reply lost after the append, then a retry that skips
+  it, still tells the caller an id at or past its records, which ``wait_persisted`` waits for)
+  and, for ``group``, the backlog in records:
   ``records_added`` less the group's ``acked:<group>`` (records in entries it has acknowledged,
   kept exact by the consumers' acknowledgement script).
 
@@ -35,10 +38,13 @@ RECORDS_ADDED_FIELD = "records_added"
 """Meta hash field: records appended to the stream, each counted once."""
 ACKED_FIELD_PREFIX = "acked:"
 """Meta hash field prefix: records in entries a group has acknowledged (``acked:<group>``)."""
+LAST_ENTRY_FIELD_PREFIX = "entry:"
+"""Meta hash field prefix: the id of the newest entry appended for a producer (``entry:<producer>``):
+what an append returns for copies it skipped (their own ids are older, never newer)."""
 
 APPEND_SCRIPT = (
     "if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], '" + LAYOUT_FIELD + "', ARGV[1]) end "
-    "local id = false local added = 0 "
+    "local id = false local seen = false local added = 0 "
     "for i = 4, #ARGV, 5 do "
     "  local producer = ARGV[i] local first = tonumber(ARGV[i + 1]) local last = tonumber(ARGV[i + 2]) "
     "  local have = 0 "
@@ -46,9 +52,15 @@ APPEND_SCRIPT = (
     "  if ARGV[2] == '0' or producer == '' or first > have then "
     "    id = redis.call('XADD', KEYS[1], '*', '" + ENTRY_FIELD.decode() + "', ARGV[i + 4]) "
     "    added = added + tonumber(ARGV[i + 3]) "
-    "    if producer ~= '' and last > have then redis.call('HSET', KEYS[2], 'seq:' .. producer, last) end "
+    "    if producer ~= '' then "
+    "      if last > have then redis.call('HSET', KEYS[2], 'seq:' .. producer, last) end "
+    "      redis.call('HSET', KEYS[2], '" + LAST_ENTRY_FIELD_PREFIX + "' .. producer, id) "
+    "    end "
+    "  elseif producer ~= '' then "
+    "    seen = redis.call('HGET', KEYS[2], '" + LAST_ENTRY_FIELD_PREFIX + "' .. producer) "
     "  end "
     "end "
+    "if not id then id = seen end "
     "if added > 0 then redis.call('HINCRBY', KEYS[2], '" + RECORDS_ADDED_FIELD + "', added) end "
     + NOW_MS_LUA + "redis.call('HSET', KEYS[2], '" + HEARTBEAT_FIELD + "', now) "
     "local backlog = -1 "
@@ -63,9 +75,10 @@ APPEND_SCRIPT = (
 
 @dataclass(frozen=True)
 class AppendResult:
-    """What one append did: the id of the last entry it added (None if every entry was a copy
-    already appended), how many records it added, and the group's backlog in records (None when
-    no group was asked about)."""
+    """What one append did: the id of the last entry it added (if every entry was a copy already
+    appended: the newest entry of their producer, or None if unknown, e.g. written before record
+    batches), how many records it added, and the group's backlog in records (None when no group
+    was asked about)."""
 
     last_entry_id: str | None
     records_added: int

@@ -91,7 +91,8 @@ def cli() -> None:
 @namespace_option
 @group_option
 @click.option("--batch-size", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.batch_size,
-              show_default=True, help="Entries per read (COUNT).")
+              show_default=True, help="Stream entries per read (COUNT), each a record batch (up to the "
+                                      "producers' entry_records records); one read is one transaction.")
 @click.option("--block-ms", type=click.IntRange(1), default=_CONSUMER_DEFAULTS.block_ms,
               show_default=True, help="How long a read waits (BLOCK).")
 @click.option("--claim-idle-ms", type=click.IntRange(0), default=_CONSUMER_DEFAULTS.claim_idle_ms,
@@ -161,7 +162,7 @@ def preflight(settings: ConsumerSettings) -> None:
 @click.option("--watch", "watch_s", type=click.FloatRange(min=0.1), is_flag=False, flag_value=2.0, default=None,
               help="Refresh every SECONDS (default 2) until Ctrl-C.", metavar="[SECONDS]")
 @click.option("--lag-threshold", type=click.IntRange(0), default=10_000, show_default=True,
-              help="Backlog (entries) above which an active group is 'lagging'.")
+              help="Backlog (records not yet persisted) above which an active group is 'lagging'.")
 @click.option("--stuck-after-ms", type=click.IntRange(0), default=30_000, show_default=True,
               help="A group with backlog and no consumer seen for this long is 'stuck'.")
 @click.option("--claim-idle-ms", type=click.IntRange(0), default=60_000, show_default=True,

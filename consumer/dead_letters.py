@@ -1,9 +1,12 @@
 """Inspecting and re-driving dead letters (``simstream dlq list|retry|purge``).
 
-A retry puts each dead letter's payload (one record) back into its simulation's stream as an
-entry of its own, then deletes the dead letter. A crash in between re-drives it twice, which the
-idempotent sink absorbs. The sink isolates failures per record, so a record that is still bad
-comes back as a dead letter alone, and the re-driven records read in the same batch are persisted.
+A retry puts each dead letter's payload (an entry payload holding that one record: a format 1
+record, or a record batch of one) back into its simulation's stream as an entry of its own, with
+the one stream append (:func:`common.stream_append.append_entries`), then deletes the dead letter.
+The append does not skip it although its producer's sequence number already covers it: it is
+appended again on purpose. A crash in between re-drives it twice, which the idempotent sink
+absorbs. The sink isolates failures per record, so a record that is still bad comes back as a
+dead letter alone, and the re-driven records read in the same batch are persisted.
 A simulation whose stream was already removed as finished gets its stream back, marked complete,
 so consumers finish it again.
 """
@@ -17,10 +20,11 @@ import redis
 from sqlalchemy import Engine, delete, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.codec import ENTRY_FIELD
+from common.codec import EncodedBatch, describe
 from common.keys import Keys
-from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
+from common.layouts import STANDALONE
 from common.schema import dead_letters, simstream_simulations
+from common.stream_append import append_entries
 
 
 @dataclass(frozen=True)
@@ -69,19 +73,24 @@ def retry_dead_letters(engine: Engine, client: redis.Redis, keys: Keys, simulati
         if row.raw is None or row.simulation_id is None:
             skipped += 1
             continue
-        meta = keys.meta(row.simulation_id)
-        was_removed = not client.exists(meta)
-        pipe = client.pipeline(transaction=False)
-        if was_removed:  # the layout before the entry: consumers wait for a layout, never guess it
-            pipe.hset(meta, mapping={LAYOUT_FIELD: _layout_of(engine, row.simulation_id), "complete": 1})
-        pipe.xadd(keys.stream(row.simulation_id), {ENTRY_FIELD: row.raw})
-        pipe.sadd(keys.registry, row.simulation_id)
-        pipe.execute()
+        _redrive(engine, client, keys, row.simulation_id, row.raw)
         redriven.append(row.id)
     if redriven:
         with engine.begin() as connection:
             connection.execute(delete(dead_letters).where(dead_letters.c.id.in_(redriven)))
     return RetryResult(len(redriven), skipped)
+
+
+def _redrive(engine: Engine, client: redis.Redis, keys: Keys, simulation_id: str, raw: bytes) -> None:
+    """Append ``raw`` to the simulation's stream as an entry of its own. A simulation whose stream
+    and meta hash retention removed gets them back: the layout announced before the entry
+    (consumers wait for a layout, never guess it) and, after it, the mark that it is complete."""
+    meta = keys.meta(simulation_id)
+    was_removed = not client.exists(meta)
+    entry = describe(raw) or EncodedBatch(raw, "", 0, 0, 1)  # unreadable: the consumer dead-letters it again
+    layout = _layout_of(engine, simulation_id) if was_removed else None
+    append_entries(client, keys, simulation_id, [entry], layout=layout, skip_seen=False,
+                   extras=[("HSET", meta, "complete", 1)] if was_removed else (), register=True)
 
 
 def _layout_of(engine: Engine, simulation_id: str) -> str:

@@ -1,7 +1,10 @@
 """One-word health of a simulation stream, and the dead-letter counts it needs from the sink.
 
-A stream's *backlog* is what its group still has to persist: entries not yet delivered (lag)
-plus entries delivered and not acknowledged (pending). A consumer is *active* when Redis saw it
+A stream's *backlog* is what its group still has to persist, in records (records appended less
+records in acknowledged entries; for a stream of producers before record batches, entries not yet
+delivered (lag) plus entries delivered and not acknowledged (pending), one record each). Whether
+there is any backlog at all is judged on those entries, which Redis counts exactly (see
+:class:`~consumer.inspect.StreamStatus`). A consumer is *active* when Redis saw it
 within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen at least every
 ``block_ms``. The verdict is the first of these that holds:
 
@@ -21,7 +24,7 @@ within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen
 ``dead-letters``
     the sink holds dead letters for the simulation (``simstream dlq list`` shows them).
 ``lagging``
-    backlog > ``lag_threshold`` entries while consumers are active.
+    backlog > ``lag_threshold`` records while consumers are active.
 ``ok``
     none of the above.
 
@@ -97,7 +100,7 @@ def verdict(status: StreamStatus, dead_letters: int | None, thresholds: HealthTh
         return REDIS_FAILING
     if failure is not None and failure.what == SINK:
         return SINK_FAILING
-    if status.backlog > 0 and _stuck(status, thresholds):
+    if status.backlog_entries > 0 and _stuck(status, thresholds):
         return STUCK
     if dead_letters:
         return DEAD_LETTERS

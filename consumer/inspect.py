@@ -2,6 +2,15 @@
 and how long since its producer was last heard from (``producer_idle_ms``, see
 :mod:`common.heartbeat`), by which a simulation that is not complete is judged abandoned.
 
+Two units: Redis counts stream *entries* (``length``, ``lag``, ``pending``, ``entries_added``),
+and an entry is a record batch. What a simulation logged and what its group persisted is counted
+in *records*, from its meta hash: ``logged`` (its producers' sequence numbers), ``records_added``
+(records appended, each once) and ``persisted`` (records in entries the group acknowledged, kept
+by the consumers' ack script). A stream of producers older than record batches has no record
+counts (``records_added`` is None): one entry held one record, and the entry counts stand in.
+Whether everything is persisted is decided on entries (nothing pending, nothing undelivered),
+which Redis keeps exactly.
+
 Used by ``simstream status``, by ``consume --drain`` to decide it may exit, and by the demo's
 progress display. Works on Redis 6.2, whose XINFO GROUPS has no ``lag``: it is computed here.
 """
@@ -16,6 +25,7 @@ import redis
 from common.failover import REDIS_ERRORS
 from common.heartbeat import producer_idle_ms, server_time_ms
 from common.keys import Keys
+from common.stream_append import ACKED_FIELD_PREFIX, RECORDS_ADDED_FIELD
 
 _LAG_COUNT_CAP = 1_000_000
 
@@ -52,9 +62,11 @@ class StreamStatus:
     lag: int = 0  # entries not yet delivered to the group: every entry while the group does not exist
     consumers: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
-    logged: int = 0
+    logged: int = 0  # records its producers logged and sent (their sequence numbers)
+    records_added: int | None = None  # records appended, each once; None: producers before record batches
+    persisted: int = 0  # records in entries the group acknowledged (committed or dead-lettered)
     entries_added: int = 0
-    acknowledged: int = 0
+    acknowledged: int = 0  # entries the group acknowledged
     oldest_pending_id: str | None = None
     oldest_pending_idle_ms: int | None = None
     oldest_pending_age_ms: int | None = None
@@ -63,9 +75,20 @@ class StreamStatus:
     redis_error: str | None = None  # Redis did not answer for this stream (its master is down)
 
     @property
-    def backlog(self) -> int:
+    def backlog_entries(self) -> int:
         """Entries the group still has to persist: not yet delivered, or delivered and not acked."""
         return self.lag + self.pending if self.group_exists else self.length
+
+    @property
+    def backlog(self) -> int:
+        """Records the group still has to persist: records sent less records persisted. Sent is
+        the larger of ``logged`` (which counts the records of older producers' entries too, in a
+        stream begun before record batches) and ``records_added`` (which counts a re-driven dead
+        letter, appended again under its old sequence number). For a stream without record
+        counts: its entries not yet persisted (one record each)."""
+        if self.records_added is None:
+            return self.backlog_entries
+        return max(0, max(self.records_added, self.logged) - self.persisted)
 
     @property
     def persisted_all(self) -> bool:
@@ -89,8 +112,8 @@ class StreamStatus:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view, with the derived flags."""
-        return {**asdict(self), "backlog": self.backlog, "persisted_all": self.persisted_all,
-                "drained": self.drained}
+        return {**asdict(self), "backlog": self.backlog, "backlog_entries": self.backlog_entries,
+                "persisted_all": self.persisted_all, "drained": self.drained}
 
 
 def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
@@ -110,26 +133,40 @@ def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: st
     status.complete = meta.get("complete") == "1"
     status.sink_problem = meta.get("sink_problem")  # a worker found the simulation's database unusable
     status.logged = sum(int(value) for name, value in meta.items() if name.startswith("seq:"))
+    if meta.get(RECORDS_ADDED_FIELD) is not None:
+        status.records_added = int(meta[RECORDS_ADDED_FIELD])
     try:
         info = text_dict(client.xinfo_stream(status.stream))
     except redis.ResponseError:
+        _fill_persisted(status, meta, group)
         _fill_producer_idle(client, keys, status, meta)
         return status  # no such stream (yet, or any more)
     status.exists = True
     status.length = int(info["length"])
     status.last_generated_id = info["last-generated-id"]
-    # Redis 7 counts every entry ever added; 6.2 does not, and producers' sequence numbers (one
-    # record, one entry) are the best estimate there (a resent batch makes it slightly low).
-    status.entries_added = int(info.get("entries-added") or max(status.logged, status.length))
+    # Redis 7 counts every entry ever added; 6.2 does not. There, without record counts, producers'
+    # sequence numbers (one record, one entry) are the best estimate (a resent batch makes it
+    # slightly low); with record batches only the entries still in the stream are known.
+    estimate = status.length if status.records_added is not None else max(status.logged, status.length)
+    status.entries_added = int(info.get("entries-added") or estimate)
     for group_info in client.xinfo_groups(status.stream):
         group_info = text_dict(group_info)
         if group_info["name"] == group:
             _fill_group(client, status, group, group_info, exact_lag)
     if not status.group_exists:
         status.lag = status.length  # no consumer has created the group yet: nothing was delivered
-    status.acknowledged = max(0, status.entries_added - status.backlog)
+    status.acknowledged = max(0, status.entries_added - status.backlog_entries)
+    _fill_persisted(status, meta, group)
     _fill_producer_idle(client, keys, status, meta)
     return status
+
+
+def _fill_persisted(status: StreamStatus, meta: dict[str, Any], group: str) -> None:
+    """Records persisted: the group's ack count, or without record counts its acknowledged entries."""
+    if status.records_added is None:
+        status.persisted = status.acknowledged
+    else:
+        status.persisted = int(meta.get(f"{ACKED_FIELD_PREFIX}{group}") or 0)
 
 
 def _fill_producer_idle(client: redis.Redis, keys: Keys, status: StreamStatus, meta: dict[str, Any]) -> None:

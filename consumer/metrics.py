@@ -7,10 +7,10 @@ dies keeps its counts there, so restarts do not reset the totals. The supervisor
 (``--metrics-port``) together with gauges it reads from Redis and the sink at scrape time:
 lag, pending, consumers' idle time, dead letters, restarts.
 
-Worker metrics (labels: consumer; records also table):
+Worker metrics (labels: consumer; records also table), in records unless named otherwise:
 ``simstream_records_persisted_total``, ``simstream_batches_total``,
-``simstream_commit_seconds`` (histogram), ``simstream_dead_lettered_total``,
-``simstream_claimed_total``, ``simstream_retries_total``, and ``simstream_retry_seconds_total``
+``simstream_commit_seconds`` (histogram), ``simstream_dead_lettered_total`` (records),
+``simstream_claimed_total`` (entries), ``simstream_retries_total``, and ``simstream_retry_seconds_total``
 (labels consumer, what: ``sink`` or ``redis``), the time spent retrying a failing database or Redis.
 """
 
@@ -42,14 +42,14 @@ SUMMARY_FIELDS = {
 def _instruments() -> dict[str, Any]:
     """The worker's metrics, created once per process and registered nowhere (files only)."""
     return {
-        "persisted": Counter("simstream_records_persisted", "Rows written to the sink.",
+        "persisted": Counter("simstream_records_persisted", "Records written to the sink as rows.",
                              ["consumer", "table"], registry=None),
         "batches": Counter("simstream_batches", "Batches committed and acknowledged.", ["consumer"], registry=None),
         "commit": Histogram("simstream_commit_seconds", "Time to commit one batch to the sink.", ["consumer"],
                             buckets=_COMMIT_BUCKETS_S, registry=None),
-        "dead_lettered": Counter("simstream_dead_lettered", "Entries written to dead_letters.", ["consumer"],
+        "dead_lettered": Counter("simstream_dead_lettered", "Records written to dead_letters.", ["consumer"],
                                  registry=None),
-        "claimed": Counter("simstream_claimed", "Entries claimed from other consumers.", ["consumer"],
+        "claimed": Counter("simstream_claimed", "Stream entries claimed from other consumers.", ["consumer"],
                            registry=None),
         "retries": Counter("simstream_retries", "Transient failures retried (Redis or database).", ["consumer"],
                            registry=None),
@@ -66,7 +66,7 @@ class WorkerMetrics:
         self.enabled = bool(os.environ.get(ENV_MULTIPROC_DIR))
 
     def batch_committed(self, rows_by_table: dict[str, int], dead_lettered: int, commit_s: float) -> None:
-        """One batch committed: its rows per table, its dead letters, how long the commit took."""
+        """One batch committed: its rows per table, the records it dead-lettered, how long the commit took."""
         if not self.enabled:
             return
         metrics = _instruments()
@@ -78,7 +78,7 @@ class WorkerMetrics:
             metrics["dead_lettered"].labels(self.consumer).inc(dead_lettered)
 
     def claimed(self, entries: int) -> None:
-        """Entries taken over from other consumers."""
+        """Stream entries taken over from other consumers."""
         if self.enabled and entries:
             _instruments()["claimed"].labels(self.consumer).inc(entries)
 

@@ -1,12 +1,14 @@
 """``consume --metrics-port``: the supervisor's HTTP endpoint for Prometheus.
 
 Serves the workers' counters (see :mod:`consumer.metrics`) and, read at scrape time, what only
-Redis and the sink know: per simulation the stream length, lag, pending, backlog and health, per
+Redis and the sink know: per simulation the stream length, lag and pending (entries), records
+logged and persisted, the backlog (records) and health, per
 consumer its pending count and idle time, dead letters per simulation, and the supervisor's
 restarts per consumer. A scrape while Redis is away still answers, with ``simstream_redis_up 0``.
 
 Gauges: ``simstream_redis_up``, ``simstream_stream_length``, ``simstream_stream_lag``,
-``simstream_stream_pending``, ``simstream_stream_backlog``, ``simstream_stream_health``
+``simstream_stream_pending`` (entries), ``simstream_stream_logged_records``,
+``simstream_stream_persisted_records``, ``simstream_stream_backlog`` (records), ``simstream_stream_health``
 (1 for the current verdict), ``simstream_consumer_pending``, ``simstream_consumer_idle_seconds``,
 ``simstream_dead_letters``. Counter: ``simstream_worker_restarts_total`` (label consumer).
 """
@@ -65,10 +67,12 @@ class RedisStateCollector(Collector):
     def _stream_metrics(self, statuses: list[StreamStatus], letters: dict[str, int] | None,
                         failures: dict[str, list[Failure]]) -> Iterator[Metric]:
         per_stream = {name: GaugeMetricFamily(f"simstream_stream_{name}", text, labels=["simulation"])
-                      for name, text in (("length", "Entries in the stream."),
+                      for name, text in (("length", "Entries in the stream (each a batch of records)."),
                                          ("lag", "Entries not yet delivered to the group."),
                                          ("pending", "Entries delivered and not yet acknowledged."),
-                                         ("backlog", "Lag plus pending: what is left to persist."))}
+                                         ("logged_records", "Records the simulation's producers sent."),
+                                         ("persisted_records", "Records in entries the group acknowledged."),
+                                         ("backlog", "Records left to persist."))}
         health = GaugeMetricFamily("simstream_stream_health", "1 for the stream's current verdict.",
                                    labels=["simulation", "health"])
         consumer_pending = GaugeMetricFamily("simstream_consumer_pending", "Entries a consumer holds.",
@@ -78,6 +82,7 @@ class RedisStateCollector(Collector):
         for status in statuses:
             sim = status.simulation_id
             for name, value in (("length", status.length), ("lag", status.lag), ("pending", status.pending),
+                                ("logged_records", status.logged), ("persisted_records", status.persisted),
                                 ("backlog", status.backlog)):
                 per_stream[name].add_metric([sim], value)
             current = verdict(status, None if letters is None else letters.get(sim, 0), self.thresholds,

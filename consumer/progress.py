@@ -75,8 +75,9 @@ class DrainProgress:
     """``consume --drain`` progress: records persisted of logged, over every simulation, read
     from Redis by the supervisor (not from the workers) every ``interval_s`` in a daemon thread.
 
-    A simulation removed from Redis once finished counts as fully persisted. Persisted counts
-    acknowledged entries (see :class:`consumer.inspect.StreamStatus`), so a dead letter counts as done.
+    A simulation removed from Redis once finished counts as fully persisted. Persisted counts the
+    records in acknowledged entries (``StreamStatus.persisted``, see :mod:`consumer.inspect`), so a
+    dead letter counts as done; a stream of producers before record batches counts its entries.
     """
 
     def __init__(self, client, keys, group: str, interval_s: float = 1.0, stream=None) -> None:
@@ -105,7 +106,7 @@ class DrainProgress:
             statuses = all_statuses(self.client, self.keys, self.group)
         except redis.RedisError:
             return self._totals()  # Redis away: keep the last numbers, the workers will say why
-        current = {s.simulation_id: (min(s.acknowledged, s.logged), s.logged) for s in statuses}
+        current = {s.simulation_id: (min(s.persisted, s.logged), s.logged) for s in statuses}
         for simulation_id, (_, logged) in self._seen.items():
             if simulation_id not in current:
                 current[simulation_id] = (logged, logged)  # finished and removed

@@ -90,8 +90,8 @@ def _consumers(stream: dict[str, Any]) -> str:
                       for c in stream["consumers"]) or "-"
 
 
-_COLUMNS = ("simulation", "state", "health", "logged", "persisted", "lag", "pending", "oldest idle",
-            "dead letters", "consumers")
+_COLUMNS = ("simulation", "state", "health", "logged", "persisted", "backlog", "lag entries", "pending entries",
+            "oldest idle", "dead letters", "consumers")
 
 
 def render_report(report: dict[str, Any]) -> RenderableType:
@@ -100,8 +100,9 @@ def render_report(report: dict[str, Any]) -> RenderableType:
     if not report["streams"]:
         return Text(f"no simulation streams registered (group {group})")
     table = Table(title=f"simstream streams (group {group})", box=box.SIMPLE_HEAD, title_justify="left",
-                  caption="consumers: name (pending entries, idle time); oldest idle: the oldest pending "
-                          "entry's time since delivery", caption_justify="left")
+                  caption="logged, persisted, backlog: records; lag, pending: stream entries (each a batch of "
+                          "records); consumers: name (pending entries, idle time); oldest idle: the oldest "
+                          "pending entry's time since delivery", caption_justify="left")
     for column in _COLUMNS:
         textual = column in _COLUMNS[:3] or column == _COLUMNS[-1]
         table.add_column(column, justify="left" if textual else "right",
@@ -110,7 +111,7 @@ def render_report(report: dict[str, Any]) -> RenderableType:
         letters = "unknown" if s["dead_letters"] is None else str(s["dead_letters"])
         table.add_row(s["simulation_id"], Text(s["state"], style=_STATE_STYLE.get(s["state"], "")),
                       Text(s["health"], style=_HEALTH_STYLE[s["health"]]),
-                      str(s["logged"]), str(s["acknowledged"]), str(s["lag"]), str(s["pending"]),
+                      str(s["logged"]), str(s["persisted"]), str(s["backlog"]), str(s["lag"]), str(s["pending"]),
                       _duration(s["oldest_pending_idle_ms"]), letters, _consumers(s))
     notes = [Text(f"{s['simulation_id']}: {s['sink_problem']}") for s in report["streams"] if s.get("sink_problem")]
     notes += [_failing_note(s) for s in report["streams"] if s.get("failing") and s["health"].endswith("-failing")]

@@ -1,5 +1,9 @@
 """The consumer's Redis side: group bootstrap, reads, claims and acks for one consumer name.
 
+An ack is one script (:data:`ACK_SCRIPT`) that XACKs the batch's entries and adds the records of
+those it acknowledged now to ``acked:<group>`` in the simulation's meta hash, so the group's count
+of persisted records stays exact under replays and retried acks.
+
 Replies of XREADGROUP and XAUTOCLAIM are parsed here from the raw protocol, because they differ
 by server version and the library's parsers drop what we need: Redis 6.2 answers a claimed entry
 whose payload was trimmed away with a bare nil (its id is lost), Redis 7 lists such ids in a third
@@ -29,8 +33,28 @@ from common.codec import ENTRY_FIELD, entry_payload
 from common.connections import is_cluster
 from common.errors import GroupMissing, RedisUnavailable
 from common.failover import REDIS_ERRORS, is_failover_error, refresh_slots, slot_client
+from common.stream_append import ACKED_FIELD_PREFIX
 
 _RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
+
+ACK_SCRIPT = (
+    "local records = 0 "
+    "for i = 2, #ARGV, 2 do "
+    "  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then records = records + tonumber(ARGV[i + 1]) end "
+    "end "
+    "if records > 0 then "
+    "  local field = '" + ACKED_FIELD_PREFIX + "' .. ARGV[1] "
+    "  local acked = tonumber(redis.call('HGET', KEYS[2], field) or '0') + records "
+    "  redis.call('HSET', KEYS[2], field, string.format('%d', acked)) "
+    "end "
+    "return records"
+)
+"""XACK each entry (KEYS[1] the stream, ARGV[1] the group, then entry id and record count pairs)
+and add the records of the entries XACK acknowledged now (it returns 1) to ``acked:<group>`` in
+the meta hash (KEYS[2], same hash slot). An entry acknowledged before (a replay, a retried ack)
+counts nothing, so the count stays exact; nothing is written when nothing counts, so a meta hash
+removed with its finished simulation is not made again. HGET and HSET rather than HINCRBY: the
+consumer's ACL (README) already allows them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +239,17 @@ class StreamReader:
         gone_ids = list(reply[2]) if len(reply) > 2 else []
         return ClaimResult(reply[0], entries, gone_ids, unnamed_gone)
 
-    def ack(self, stream: str, entry_ids: list[bytes]) -> None:
-        """Acknowledge entries once their rows are committed."""
-        if not entry_ids:
-            return
+    def ack(self, stream: str, meta: str, records_by_entry: dict[bytes, int]) -> int:
+        """Acknowledge entries once their rows are committed, counting in ``meta`` the records each
+        settled (``records_by_entry``, see :data:`ACK_SCRIPT`); returns the records counted (those
+        of entries this call acknowledged, not of entries acknowledged before)."""
+        if not records_by_entry:
+            return 0
+        args: list[Any] = [self.group]
+        for entry_id, records in records_by_entry.items():
+            args += [entry_id, records]
         try:
-            self.client.xack(stream, self.group, *entry_ids)
+            return int(self._execute_raw(stream, "EVAL", ACK_SCRIPT, 2, stream, meta, *args))
         except REDIS_ERRORS as exc:
             raise translate(exc, f"acknowledging on {stream}") from exc
 

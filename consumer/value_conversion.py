@@ -4,13 +4,15 @@ SQLite needs none of this: its column affinity stores whatever the reference sim
 path would store (an int in a text column as text, an integral float in an integer column as an
 integer). PostgreSQL refuses a value of another type instead, so the sink converts the lossless
 cases itself, per record, and a value that would lose something dead-letters its record alone.
+Rows arrive laid out by :mod:`common.rows` (a tuple per record, JSON columns already text), so a
+conversion is planned once per kind as (column index, convert) and applied by :func:`converted_row`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Sequence
 
-from sqlalchemy import Boolean, Column, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, String, Table, Text
 
 from common.errors import RecordError
 
@@ -29,6 +31,28 @@ def postgresql_conversion(column: Column) -> Callable[[Any], Any] | None:
     if isinstance(column_type, (String, Text)):
         return _to_text
     return None
+
+
+def row_conversions(columns: Sequence[str], fields: Collection[str],
+                    table: Table) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+    """(index, convert) for each of a row's ``fields`` (its ``columns`` in order) whose column on
+    PostgreSQL needs a conversion. JSON columns need none: the row holds their text already."""
+    plan = []
+    for index, name in enumerate(columns):
+        column = table.c[name]
+        if name in fields and not isinstance(column.type, JSON):
+            convert = postgresql_conversion(column)
+            if convert is not None:
+                plan.append((index, convert))
+    return tuple(plan)
+
+
+def converted_row(row: Sequence[Any], conversions: tuple[tuple[int, Callable[[Any], Any]], ...]) -> tuple:
+    """``row`` with ``conversions`` applied; RecordError if a value would lose something."""
+    values = list(row)
+    for index, convert in conversions:
+        values[index] = convert(values[index])
+    return tuple(values)
 
 
 def _refuse(value: Any, column_kind: str) -> RecordError:

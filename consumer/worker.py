@@ -3,6 +3,9 @@
 The loop reads as its steps: discover streams, replay own pending entries, reclaim stale ones
 from dead consumers, read new entries, persist, ack. The only unsafe window is between commit and
 ack; a crash there replays the batch, and the idempotent inserts write nothing new.
+A stream entry is a record batch (``batch_size`` entries per read, one transaction): its ack (one
+script) also adds the records it settled to the group's count in the meta hash, exactly once, which
+``status``, progress and the producers' backpressure read; the worker's own counts are records.
 SIGTERM/SIGINT set a flag: the batch in hand is committed and acknowledged, then the worker exits
 0. A second signal exits at once (the entries in hand stay pending and are replayed later).
 
@@ -84,7 +87,8 @@ class _StreamState:
 
 @dataclass
 class WorkerStats:
-    """Counters for the shutdown summary line."""
+    """Counters for the shutdown summary line: records persisted and dead-lettered, entries
+    claimed, retries, batches."""
 
     persisted: int = 0
     dead_lettered: int = 0
@@ -363,7 +367,7 @@ class Worker:
         # Redis 7 drops the ids of deleted entries from the pending list as it reports them:
         # they are kept here until their dead letters are committed, or nothing would remember them.
         state.gone_ids += claim.gone_ids
-        gone = [DeadLetter(entry_id, None, "entry was trimmed before it was persisted")
+        gone = [DeadLetter.whole_entry(entry_id, None, "entry was trimmed before it was persisted")
                 for entry_id in state.gone_ids]
         if claim.entries or gone:
             self.stats.claimed += len(claim.entries)
@@ -432,14 +436,17 @@ class Worker:
             return
         commit_s = time.monotonic() - commit_started
         faults.checkpoint("after_commit", self.slot)
-        self.reader.ack(state.stream, [entry.entry_id for entry in entries] + [l.entry_id for l in letters])
+        # Sent at once, not deferred into the next read's pipeline: measured, the ack is under 1%
+        # of a batch (0.6 ms of ~65 ms for 40 entries of 250 records on SQLite), and reading the
+        # next batch in a thread while this one commits gained nothing beyond run-to-run noise.
+        self.reader.ack(state.stream, self.keys.meta(state.simulation_id), result.records_by_entry)
         self.stats.batches += 1
-        self.stats.persisted += sum(result.rows_by_table.values())
-        self.stats.dead_lettered += result.dead_letters
-        self.metrics.batch_committed(result.rows_by_table, result.dead_letters, commit_s)
+        self.stats.persisted += result.records_persisted
+        self.stats.dead_lettered += result.records_dead_lettered
+        self.metrics.batch_committed(result.rows_by_table, result.records_dead_lettered, commit_s)
         if result.dead_letters:
-            log.warning("worker.dead_lettered consumer=%s stream=%s count=%d",
-                        self.name, state.stream, result.dead_letters)
+            log.warning("worker.dead_lettered consumer=%s stream=%s count=%d records=%d",
+                        self.name, state.stream, result.dead_letters, result.records_dead_lettered)
 
     def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
         layout = self._layout_of(state)
@@ -506,9 +513,8 @@ class Worker:
         for entry in entries:
             delivered = counts.get(entry.entry_id, 1)
             if delivered > self.settings.max_deliveries:
-                letters.append(DeadLetter(entry.entry_id, entry.payload,
-                                          f"delivered {delivered} times (limit {self.settings.max_deliveries})",
-                                          delivered))
+                letters.append(DeadLetter.whole_entry(entry.entry_id, entry.payload, f"delivered {delivered} "
+                                                      f"times (limit {self.settings.max_deliveries})", delivered))
             else:
                 keep.append(Entry(entry.entry_id, entry.payload, delivered))  # a dead letter says how often
         return keep, letters

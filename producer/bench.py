@@ -2,7 +2,10 @@
 
 ``--mode flat`` logs the whole record mix as fast as the simulation thread can, timing every
 ``log()`` call, then waits until every record is in Redis; it prints one JSON line with the
-``log()`` percentiles (µs) and the sustained records/s into Redis. ``--mode paced`` logs step by
+``log()`` percentiles (µs), the sustained records/s into Redis and when the first ``log()`` call
+and the flush ended (``time.monotonic()``). With ``--wait-go`` it first starts the simulation
+(its stream exists), prints ``{"ready": true}`` and waits for ``go`` on stdin, so the bench can
+start consumers before the first record. ``--mode paced`` (which always waits for ``go``) logs step by
 step at ``--rate`` records/s after reading ``go`` on stdin (the consumers are up by then) and
 prints when each step's last record was logged (``time.monotonic()``, shared by the processes of
 one machine), so the bench can measure log() -> committed row latency. With ``--hold-after N`` it
@@ -46,6 +49,7 @@ def run_flat(producer: StreamProducer, mix: Mix) -> dict[str, Any]:
     gc.collect()
     gc.freeze()  # the pre-built records are the bench's, not the simulation's: keep them out of GC passes
     clock, log = time.perf_counter_ns, producer.log
+    first_log_at = time.monotonic()
     started = time.perf_counter()
     for index, (kind, fields) in enumerate(records):
         before = clock()
@@ -54,6 +58,7 @@ def run_flat(producer: StreamProducer, mix: Mix) -> dict[str, Any]:
     logged = time.perf_counter()
     report = producer.flush()
     in_redis = time.perf_counter()
+    in_redis_at = time.monotonic()
     ordered = sorted(durations)
     return {
         "records": len(records), "in_redis": report.in_redis - 1,  # minus the producer's own start record
@@ -62,6 +67,7 @@ def run_flat(producer: StreamProducer, mix: Mix) -> dict[str, Any]:
         "log_mean_us": sum(ordered) / len(ordered) / 1000, "timer_overhead_ns": timer_overhead_ns(),
         "loop_s": logged - started, "into_redis_s": in_redis - started,
         "sustained_rps": len(records) / (in_redis - started),
+        "first_log_at": first_log_at, "in_redis_at": in_redis_at,
     }
 
 
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50_000.0, help="records/s in --mode paced")
     parser.add_argument("--hold-after", type=int, default=None,
                         help="--mode paced: after this step, wait for a line on stdin")
+    parser.add_argument("--wait-go", action="store_true",
+                        help="--mode flat: start the simulation, then wait for 'go' on stdin before logging")
     args = parser.parse_args(argv)
     mix = Mix(args.records, args.agents, args.resources)
     with tempfile.TemporaryDirectory(prefix="simstream-bench-journal-") as journal_dir:
@@ -106,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         # the way (it would spill to the journal past the high-water mark) so the run measures sending.
         producer = StreamProducer(args.simulation_id, args.redis_url, namespace=args.namespace,
                                   journal_dir=journal_dir, high_water_records=max(1_000_000, 2 * mix.total))
-        if args.mode == "paced":
-            producer.flush()
+        if args.mode == "paced" or args.wait_go:
+            producer.flush()  # the start record: the stream exists, consumers can join its group
             print(json.dumps({"ready": True}), flush=True)
             sys.stdin.readline()  # "go": the consumers are reading
+        if args.mode == "paced":
             result = run_paced(producer, mix, args.rate, args.hold_after)
         else:
             result = run_flat(producer, mix)

@@ -7,6 +7,9 @@ were delivered) and none of them is still pending (the lowest pending id is beyo
 or nothing is pending). XINFO GROUPS is read before XPENDING: an entry delivered by then and not
 pending afterwards was acknowledged in between, so the two reads need no transaction.
 
+A timeout counts what is left in records, not entries (an entry is a batch of records): it reads
+the entries' headers (:func:`common.codec.describe`), which needs XRANGE.
+
 Every command names only the simulation's stream, so this works on a Redis Cluster unchanged.
 """
 
@@ -17,8 +20,14 @@ from typing import Any
 
 import redis
 
+from common.codec import describe, entry_payload
+
 _COUNT_CAP = 100_000
-_PAGE = 10_000
+"""Records counted at most; beyond, the counts are lower bounds."""
+_PAGE = 100
+"""Entries per XRANGE (an entry may hold hundreds of records' bytes)."""
+_READ_CAP = 20_000
+"""Entries read at most."""
 
 
 def _text(value: Any) -> Any:
@@ -79,7 +88,7 @@ def persisted_through(client: redis.Redis, stream: str, group: str, entry_id: st
 
 @dataclass(frozen=True)
 class Unpersisted:
-    """Entries up to one id the group has not acknowledged: not yet delivered, or pending.
+    """Records in entries up to one id the group has not acknowledged: not yet delivered, or pending.
 
     ``exact`` is False when there were too many to count: the numbers are then lower bounds.
     """
@@ -94,8 +103,8 @@ class Unpersisted:
 
 
 def unpersisted_through(client: redis.Redis, stream: str, group: str, entry_id: str) -> Unpersisted:
-    """Count the entries up to ``entry_id`` that ``group`` has not acknowledged (bounded work:
-    at most ``_COUNT_CAP`` entries are read; beyond that the counts are lower bounds)."""
+    """Count the records in entries up to ``entry_id`` that ``group`` has not acknowledged (bounded
+    work: past ``_COUNT_CAP`` records the counts are lower bounds)."""
     try:
         info = _group_info(client, stream, group)
         last_generated = _text(client.xinfo_stream(stream)["last-generated-id"])
@@ -109,30 +118,42 @@ def unpersisted_through(client: redis.Redis, stream: str, group: str, entry_id: 
     delivered = info["last-delivered-id"]
     if id_tuple(delivered) >= id_tuple(entry_id):
         undelivered, exact = 0, True
-    elif info.get("lag") is not None and id_tuple(last_generated) == id_tuple(entry_id):
-        undelivered, exact = int(info["lag"]), True  # Redis 7 counts it when nothing came after ours
+    elif info.get("lag") == 0 and id_tuple(last_generated) == id_tuple(entry_id):
+        undelivered, exact = 0, True  # Redis 7 says so when nothing came after ours
     else:
         undelivered, exact = _count_range(client, stream, f"({delivered}", entry_id)
     pending, pending_exact = _count_pending(client, stream, group, entry_id)
     return Unpersisted(undelivered, pending, exact and pending_exact)
 
 
-def _count_range(client: redis.Redis, stream: str, start: str, end: str) -> tuple[int, bool]:
-    count = 0
-    while count < _COUNT_CAP:
+def _count_range(client: redis.Redis, stream: str, start: str, end: str,
+                 only: set[str] | None = None) -> tuple[int, bool]:
+    """Records in the entries from ``start`` to ``end``; with ``only``, in those of these ids (an
+    id no longer in the stream, deleted while pending, counts one)."""
+    count, read, seen = 0, 0, 0
+    while count < _COUNT_CAP and read < _READ_CAP:
         page = client.xrange(stream, min=start, max=end, count=_PAGE)
-        count += len(page)
+        read += len(page)
+        for entry_id, fields in page:
+            if only is None or _text(entry_id) in only:
+                count, seen = count + _records(fields), seen + 1
         if len(page) < _PAGE:
-            return count, True
+            return count + (len(only) - seen if only is not None else 0), True
         start = f"({_text(page[-1][0])}"
     return count, False
+
+
+def _records(fields: dict[bytes, bytes]) -> int:
+    """Records an entry holds: a record batch's count; anything else is one."""
+    described = describe(entry_payload(fields) or b"")
+    return described.records if described is not None else 1
 
 
 def _count_pending(client: redis.Redis, stream: str, group: str, entry_id: str) -> tuple[int, bool]:
     summary = client.xpending(stream, group)
     if not summary["pending"] or id_tuple(summary["min"]) > id_tuple(entry_id):
         return 0, True
-    if id_tuple(summary["max"]) <= id_tuple(entry_id):
-        return int(summary["pending"]), True
-    found = client.xpending_range(stream, group, "-", entry_id, _COUNT_CAP)
-    return len(found), len(found) < _COUNT_CAP
+    found = client.xpending_range(stream, group, "-", entry_id, _READ_CAP)
+    pending = {_text(item["message_id"]) for item in found}
+    count, exact = _count_range(client, stream, _text(summary["min"]), entry_id, pending)
+    return count, exact and len(found) < _READ_CAP

@@ -1,22 +1,27 @@
-"""The producer's background thread: encodes buffered records and XADDs them in pipelined batches.
+"""The producer's background thread: lays buffered records out as rows, packs them into record
+batches and appends those to the stream, one pipeline per ``batch_size`` records.
 
-Only this thread talks to Redis, so the simulation thread never waits on the network. A batch
-Redis does not take is retried with bounded jittered backoff for ``spill_after_s``, then written
-to the on-disk journal. While a journal exists, newer batches follow it there (so the stream keeps
-the order records were logged in), and every ``journal_retry_interval_s`` the journal is replayed;
-once it is in Redis the file is removed and batches go straight to Redis again.
+Only this thread talks to Redis, so the simulation thread never waits on the network. Records
+taken from the buffer are laid out and packed by one :class:`~common.codec.BatchEncoder` into
+entries of at most ``entry_records`` records and ``entry_max_bytes`` bytes, and appended with
+:func:`~common.stream_append.append_entries`: one EVAL that announces the layout, XADDs the
+entries, raises the producer's sequence number, counts the records and refreshes the heartbeat.
+A pipeline Redis does not take is retried with bounded jittered backoff for ``spill_after_s``,
+then its entries go to the on-disk journal (:mod:`producer.journal_replay`). A retried pipeline
+whose first reply was lost adds nothing twice: the script skips entries whose sequence numbers
+Redis already holds (and the sink ignores copies anyway).
 
-The thread never dies silently. A value that cannot be encoded is sent marked (the consumer
-dead-letters that record alone, see :mod:`common.codec`). If the thread ends anyway (a bug, an
-error no handler expected), it is restarted, with the batch it held, after a jittered pause; after
-``_MAX_RESTARTS`` deaths in a row without progress it is not restarted again: every record it held
-or that waits in the buffer goes to the journal, ``failure`` says why, and the producer's
-``flush()`` and ``close()`` raise :class:`~common.errors.SenderFailed`.
+The thread never dies silently. A value no column can take, or that cannot be encoded, travels as
+a reject in its batch (the consumer dead-letters that record alone, see :mod:`common.codec`). If
+the thread ends anyway (a bug, an error no handler expected), it is restarted, with the records it
+held, after a jittered pause; after ``_MAX_RESTARTS`` deaths in a row without progress it is not
+restarted again: every record it held or that waits in the buffer goes to the journal, ``failure``
+says why, and the producer's ``flush()`` and ``close()`` raise :class:`~common.errors.SenderFailed`.
 
-Backpressure: every batch's pipeline also reads XLEN. The stream holds only unpersisted entries
-plus what awaits trimming, so its length is the backlog. Past ``high_water_records`` the sender
-either spills to the journal (``backpressure="spill"``) or sets ``throttle`` so ``log()`` slows
-the simulation (``"slow"``) until the backlog falls below ``low_water_records``. Nothing is trimmed.
+Backpressure, in records: every append returns the group's backlog (records appended less
+records in entries the group has acknowledged). Past ``high_water_records`` the sender either
+spills to the journal (``backpressure="spill"``) or sets ``throttle`` so ``log()`` slows the
+simulation (``"slow"``) until the backlog falls below ``low_water_records``. Nothing is trimmed.
 """
 
 from __future__ import annotations
@@ -26,34 +31,24 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import redis
 from tenacity import Retrying, retry_if_exception_type
 
 from common import faults
-from common.codec import ENTRY_FIELD, make_encoder
+from common.codec import BatchEncoder, BufferedRecord, EncodedBatch
 from common.connections import redis_client
-from common.heartbeat import NOW_MS_LUA, HEARTBEAT_FIELD, touch_command
+from common.heartbeat import touch_command
 from common.failover import REDIS_ERRORS, confirm_replicas, is_failover_error, refresh_slots, slot_client
-from common.journal import (Journal, count_records, journal_path, journals_for, remove_folder_if_empty,
-                            replay_journal)
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
 from common.retry import backoff_s, jittered_backoff
 from common.settings import ProducerSettings
+from common.stream_append import append_entries
+from producer.journal_replay import SenderJournal
 
 log = logging.getLogger(__name__)
-
-# One EVAL per batch XADDs every payload on the server: the client packs and parses one command
-# instead of one per record, which halves the sender's CPU per record (see README, Performance).
-# Entries and their order are the same as with one XADD each; a retried batch repeats entries
-# with the same record keys, which the sink ignores. Never MAXLEN. The same call refreshes the
-# simulation's heartbeat (KEYS[2], the meta hash: same hash slot) by the server's clock, and
-# returns the id of the last entry added, which ``wait_persisted`` waits for.
-XADD_BATCH_SCRIPT = ("local id for i = 2, #ARGV do id = redis.call('XADD', KEYS[1], '*', ARGV[1], ARGV[i]) end "
-                     + NOW_MS_LUA + f"redis.call('HSET', KEYS[2], '{HEARTBEAT_FIELD}', now) return id")
 
 _REGISTER_EVERY_S = 5.0
 """How often a running producer re-adds its simulation to the registry (a set on another master:
@@ -62,17 +57,16 @@ a registration lost in a failover comes back, and a registry that is down holds 
 _MAX_RESTARTS = 3
 """Deaths in a row, without a batch handed off in between, after which the thread is not restarted."""
 
-BufferedRecord = tuple[str, int, dict[str, Any]]
-"""(kind, seq, fields) as ``log()`` leaves it for the sender."""
-
 PipelineExtras = Callable[[list[BufferedRecord]], list[tuple[Any, ...]]]
-"""Given a batch, Redis commands to send in the same pipeline as its XADDs (computed once per
+"""Given a batch, Redis commands to send in the same pipeline as its entries (computed once per
 batch, outside the retry loop); see ``BatchSender.pipeline_extras``."""
 
 
 @dataclass
 class SenderStats:
-    """What the sender has done so far; read by ``StreamProducer.stats()``."""
+    """What the sender has done so far, in records (``batches``: pipelines taken from the buffer;
+    ``backlog``: the group's backlog in records, as the last append saw it); read by
+    ``StreamProducer.stats()``."""
 
     sent_by_kind: Counter = field(default_factory=Counter)
     sent: int = 0
@@ -89,9 +83,9 @@ class BatchSender:
     until stopped and empty; restarts that thread if it dies (see the module docstring).
 
     ``handed_off_seq``: every record up to this sequence number is in Redis or in the journal.
-    ``in_journal``: how many of them are in the journal, not yet in Redis.
-    ``last_entry_id``: the id of the newest entry this sender added to the stream (a batch's last,
-    or the last of a journal it replayed); set before ``handed_off_seq`` / ``in_journal`` move.
+    ``in_journal``: how many of them (records, not entries) are in the journal, not yet in Redis.
+    ``last_entry_id``: the id of the newest entry holding this sender's records (a pipeline's
+    last, or the last of a journal it replayed); set before ``handed_off_seq`` / ``in_journal`` move.
     ``first_sent_at``: when (monotonic) Redis first took a batch of this sender, else None.
     ``in_hand``: the batch taken from the buffer and not yet handed off (a restarted thread sends
     it first). ``failure``: why the thread is gone for good, or None.
@@ -106,7 +100,8 @@ class BatchSender:
         self.keys = keys
         self.stream_key = keys.stream(simulation_id)
         self.meta_key = keys.meta(simulation_id)
-        self.journal = Journal(journal_path(settings.journal_dir, simulation_id, producer_id), settings.journal_fsync)
+        self._journal = SenderJournal(simulation_id, producer_id, settings, keys)
+        self.journal = self._journal.journal
         self.wake = threading.Event()
         self.progress = threading.Condition()
         self.hand_off = threading.Lock()  # held while taking a batch; lets the producer recall records
@@ -126,15 +121,13 @@ class BatchSender:
         self._replacing = False
         self._deaths_in_a_row = 0
         self._seq_at_last_death = 0
-        self._left_journals: list[Path] = self._earlier_journals()
-        self.journaling = bool(self._left_journals)  # older records first: ours queue behind them
+        self.journaling = bool(self._journal.earlier)  # older records first: ours queue behind them
         self._outage_since: float | None = None  # when Redis last stopped answering, while it does not
         self._spilling_for_backlog = False
-        self._next_journal_try = 0.0
         self._stopping = False
         self._mark_complete = False
         self._spill_now = False
-        self._encode = make_encoder()
+        self._encoder = self._new_encoder()
         self._client: redis.Redis | None = None
         self._register_due = 0.0
 
@@ -180,7 +173,7 @@ class BatchSender:
         log.error("producer.sender_failed simulation=%s error=%s: %s", self.simulation_id,
                   type(exc).__name__, exc, exc_info=exc)
         self._close_client()
-        self._encode = make_encoder()
+        self._encoder = self._new_encoder()
         progressed = self.handed_off_seq > self._seq_at_last_death
         self._deaths_in_a_row = 1 if progressed else self._deaths_in_a_row + 1
         self._seq_at_last_death = self.handed_off_seq
@@ -218,7 +211,7 @@ class BatchSender:
             records = self.in_hand + list(self.buffer)
             if not records:
                 return 0
-            self._to_journal([self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in records])
+            self._to_journal(self._encoder.encode(records))
             for _ in range(len(records) - len(self.in_hand)):
                 self.buffer.popleft()
             self.in_hand = []
@@ -227,16 +220,10 @@ class BatchSender:
                 self.progress.notify_all()
         return len(records)
 
-    def _earlier_journals(self) -> list[Path]:
-        """Journals an earlier producer of this simulation left, to replay before our records;
-        each is named in a warning, and none is replayed if ``replay_earlier_journals`` is off."""
-        found = journals_for(self.settings.journal_dir, self.simulation_id)
-        replay = self.settings.replay_earlier_journals
-        for path in found:
-            log.warning("producer.earlier_journal_found simulation=%s journal=%s records=%d age_s=%.0f action=%s",
-                        self.simulation_id, path, count_records(path), time.time() - path.stat().st_mtime,
-                        "replay into this run" if replay else f"left on disk: simstream replay-journal {path}")
-        return found if replay else []
+    def _new_encoder(self) -> BatchEncoder:
+        settings = self.settings
+        return BatchEncoder(self.simulation_id, self.producer_id, settings.layout, settings.entry_records,
+                            settings.entry_max_bytes)
 
     # -- control, from the simulation thread -----------------------------------------------
 
@@ -255,7 +242,8 @@ class BatchSender:
 
     def _loop(self) -> None:
         while True:
-            self.wake.wait(self.settings.flush_interval_s)
+            if not self.in_hand:  # a restarted thread sends what it held at once
+                self.wake.wait(self.settings.flush_interval_s)
             self.wake.clear()
             if self.journaling:
                 self._try_leave_journal()
@@ -279,10 +267,10 @@ class BatchSender:
             if not batch:  # the producer recalled what was left
                 break
             faults.thread_checkpoint("sender_in_hand")
-            payloads = [self._encode(kind, self.producer_id, seq, fields) for kind, seq, fields in batch]
+            entries = self._encoder.encode(batch)
             extras = () if self.pipeline_extras is None or self.journaling else self.pipeline_extras(batch)
-            if self.journaling or not self._send_with_retry(self._send_batch, payloads, batch[-1][1], extras):
-                self._to_journal(payloads)
+            if self.journaling or not self._send_with_retry(self._send_entries, entries, extras):
+                self._to_journal(entries)
             else:
                 self.stats.sent += len(batch)
             self.stats.batches += 1
@@ -322,27 +310,26 @@ class BatchSender:
             except Exception:  # noqa: BLE001 - a connection broken mid-command: nothing left to close
                 pass
 
-    def _send_batch(self, payloads: list[bytes], last_seq: int, extras: Any = ()) -> None:
-        # Every command here has the simulation's hash tag: on a cluster they go, on one connection,
-        # to the master owning its slot (so WAIT, if asked for, confirms exactly these writes).
+    def _send_entries(self, entries: list[EncodedBatch], extras: Any = ()) -> None:
+        # One pipeline on the master owning the simulation's slot (the extras carry its hash tag
+        # too), so WAIT, if asked for, confirms exactly these writes. The registry is added to on
+        # the sender's own clock: it may live on another master, and a failure there holds up nothing.
         client = self._redis()
-        pipe = slot_client(client, self.stream_key).pipeline(transaction=False)
-        pipe.execute_command("EVAL", XADD_BATCH_SCRIPT, 2, self.stream_key, self.meta_key, ENTRY_FIELD, *payloads)
-        for command in extras:
-            pipe.execute_command(*command)
-        # The layout first: consumers take sequence numbers without a layout for an older producer.
-        pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, f"seq:{self.producer_id}": last_seq})
-        pipe.xlen(self.stream_key)
-        replies = confirm_replicas(pipe, self.settings.replica_acks, self.settings.replica_wait_ms)
-        self._note_added(replies[0])
-        self._observe_backlog(replies[-1])
+        result = append_entries(client, self.keys, self.simulation_id, entries, layout=self.settings.layout,
+                                skip_seen=True, group=self.settings.group, extras=extras,
+                                replicas=(self.settings.replica_acks, self.settings.replica_wait_ms), register=False)
+        faults.thread_checkpoint("sender_appended")  # in Redis, not yet noted: as if the reply were lost
+        self._note_added(result.last_entry_id)
+        if result.backlog_records is not None:
+            self._observe_backlog(result.backlog_records)
         self._register(client)
 
-    def _note_added(self, entry_id: bytes | str | None) -> None:
-        """Remember the newest entry this sender added (and that the heartbeat was just refreshed)."""
+    def _note_added(self, entry_id: str | None) -> None:
+        """Remember the newest entry holding this sender's records (and that the heartbeat was
+        just refreshed); None (nothing appended, nothing known) keeps the previous one."""
         if not entry_id:
             return
-        self.last_entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        self.last_entry_id = entry_id
         now = time.monotonic()
         self._last_heartbeat = now
         if self.first_sent_at is None:
@@ -370,8 +357,9 @@ class BatchSender:
         client = self._redis()
         self._register(client, force=True)
         pipe = slot_client(client, self.stream_key).pipeline(transaction=False)
+        # No seq: here: the append script alone raises it, with the entries it covers (skip_seen).
         pipe.hset(self.meta_key, mapping={LAYOUT_FIELD: self.settings.layout, "complete": 1,
-                                          "completed_at": time.time(), f"seq:{self.producer_id}": self.handed_off_seq})
+                                          "completed_at": time.time()})
         confirm_replicas(pipe, self.settings.replica_acks, self.settings.replica_wait_ms)
 
     def _register(self, client: redis.Redis, force: bool = False) -> None:
@@ -395,8 +383,8 @@ class BatchSender:
     def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:
         """Run ``action`` until Redis takes it; False after ``spill_after_s`` (or on spill_now).
 
-        A retried pipeline may repeat XADDs whose replies were lost; the copies carry the same
-        record key, so the sink ignores them.
+        A retried pipeline whose reply was lost adds nothing twice: the append skips entries whose
+        sequence numbers Redis already holds.
         """
         deadline = None if until_spill else time.monotonic() + self.settings.spill_after_s
 
@@ -437,6 +425,7 @@ class BatchSender:
         self._outage_since = None
 
     def _observe_backlog(self, backlog: int) -> None:
+        """Act on the group's backlog in records (see the module docstring)."""
         self.stats.backlog = backlog
         if backlog > self.settings.high_water_records:
             if self.settings.backpressure == "spill" and not self.journaling:
@@ -448,53 +437,37 @@ class BatchSender:
         elif backlog < self.settings.low_water_records:
             self.throttle = False
 
-    def _replica_wait(self) -> dict[str, int]:
-        return {"replica_acks": self.settings.replica_acks, "replica_wait_ms": self.settings.replica_wait_ms}
-
     # -- the journal -----------------------------------------------------------------------
 
-    def _to_journal(self, payloads: list[bytes]) -> None:
-        if not self.journaling:
-            log.warning("producer.journaling simulation=%s journal=%s", self.simulation_id, self.journal.path)
+    def _to_journal(self, entries: list[EncodedBatch]) -> None:
+        records = self._journal.append(entries, first=not self.journaling)
         self.journaling = True
-        self.journal.append(payloads)
-        self.in_journal += len(payloads)
-        self.stats.journaled += len(payloads)
+        self.in_journal += records
+        self.stats.journaled += records
+
+    def _backlog_now(self) -> int:
+        """The group's backlog in records, asked of Redis (an append of nothing)."""
+        result = append_entries(self._redis(), self.keys, self.simulation_id, [], group=self.settings.group,
+                                register=False)
+        self.stats.backlog = result.backlog_records or 0
+        return self.stats.backlog
 
     def _try_leave_journal(self, force: bool = False) -> None:
         """Replay left-behind journals, then ours, if Redis answers (and the backlog allows)."""
-        now = time.monotonic()
-        if not force and now < self._next_journal_try:
+        if not self._journal.due(force):
             return
-        self._next_journal_try = now + self.settings.journal_retry_interval_s
         replayed = 0
         try:
-            if self._spilling_for_backlog:
-                if self._redis().xlen(self.stream_key) >= self.settings.low_water_records:
-                    return
-            while self._left_journals:
-                # An earlier producer's completion marker is not ours to apply: this one still runs.
-                result = replay_journal(self._redis(), self.keys, self._left_journals[0], self.settings.batch_size,
-                                        mark_complete=False, **self._replica_wait())
-                self._note_added(result.last_entry_id)
-                self._left_journals.pop(0)
-                self.stats.replayed += result.records
-                replayed += result.records
-                log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
-                         self.simulation_id, result.path, result.records)
-            if self.journal.exists():
-                result = replay_journal(self._redis(), self.keys, self.journal.path, self.settings.batch_size,
-                                        **self._replica_wait())
+            if self._spilling_for_backlog and self._backlog_now() >= self.settings.low_water_records:
+                return
+            for result, ours in self._journal.replay(self._redis()):
                 self._note_added(result.last_entry_id)
                 self.stats.replayed += result.records
-                self.stats.sent += result.records
+                self.stats.sent += result.records if ours else 0
                 replayed += result.records
-                log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
-                         self.simulation_id, result.path, result.records)
         except REDIS_ERRORS as exc:
             self._note_error(exc)
             return
-        remove_folder_if_empty(self.settings.journal_dir)  # leave no empty .simstream-journal/ behind
         with self.progress:
             self.in_journal = 0
         self.journaling = self._spilling_for_backlog = False

@@ -2,8 +2,10 @@
 
 ``log()`` checks the kind and field names, numbers the record and appends it to an in-memory
 deque; nothing else happens on the simulation thread. A :class:`~producer.sender.BatchSender`
-thread encodes and XADDs in pipelined batches. The simulation must not mutate a value it has
-passed to ``log()`` (a dict, a list) afterwards: it is encoded later, on the sender thread.
+thread lays records out as rows and appends them to the stream as record batches (many records
+per entry). The simulation must not mutate a value it has passed to ``log()`` (a dict, a list)
+afterwards: it is laid out and encoded later, on the sender thread. Every count this class
+reports (``flush()``, ``close()``, ``stats()``, a ``PersistTimeout``) is in records, not entries.
 """
 
 from __future__ import annotations
@@ -314,8 +316,10 @@ class StreamProducer:
         return report
 
     def stats(self) -> dict[str, Any]:
-        """Counts so far: records logged and sent, per kind, failed send attempts, and how often the
-        sender thread was restarted (``sender_failure``: why it is gone for good, or None)."""
+        """Counts so far, in records: logged, sent (to Redis), journaled, replayed from journals,
+        the consumer group's ``backlog`` as the last append saw it, sent per kind; ``batches``:
+        pipelines sent; failed send attempts, and how often the sender thread was restarted
+        (``sender_failure``: why it is gone for good, or None)."""
         sender = self._sender.stats
         return {
             "logged": self._last_seq,

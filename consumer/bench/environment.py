@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import redis
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.connections import create_sink_engine
 from common.embedded_redis import EmbeddedRedis, free_port
 from common.errors import SimstreamError
+from common.masking import mask_secrets
 from common.settings import ENV_DB_URL, ENV_REDIS_URL
 from common.workload import Mix
 
@@ -73,6 +75,21 @@ def _fresh_sqlite(scratch: Path, label: str) -> Iterator[str]:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def postgres_unreachable(url: str) -> str | None:
+    """Why no PostgreSQL answers at ``url`` (masked, one line), or None when it does."""
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+        return mask_secrets(f"no PostgreSQL answers at {url} ({reason})")
+    return None
+
+
 def _fresh_postgres_schema(base_url: str, label: str) -> Iterator[str]:
     schema = f"simstream_bench_{label.replace('-', '_')}_{secrets.token_hex(3)}"
     admin = create_sink_engine(base_url)
@@ -88,12 +105,15 @@ def _fresh_postgres_schema(base_url: str, label: str) -> Iterator[str]:
 
 
 def producer_command(redis_url: str, namespace: str, simulation_id: str, mix: Mix,
-                     mode: str = "flat", rate: float | None = None, hold_after: int | None = None) -> list[str]:
+                     mode: str = "flat", rate: float | None = None, hold_after: int | None = None,
+                     wait_go: bool = False) -> list[str]:
     """The command line of the producer process."""
     command = [sys.executable, "-m", "producer.bench", "--redis-url", redis_url, "--namespace", namespace,
                "--simulation-id", simulation_id, "--records", str(mix.records), "--agents", str(mix.agents),
                "--resources", str(mix.resources), "--mode", mode]
-    return command + (["--rate", str(rate)] if rate else []) + (["--hold-after", str(hold_after)] if hold_after else [])
+    command += ["--rate", str(rate)] if rate else []
+    command += ["--hold-after", str(hold_after)] if hold_after else []
+    return command + (["--wait-go"] if wait_go else [])
 
 
 def run_producer(redis_url: str, namespace: str, simulation_id: str, mix: Mix) -> dict[str, Any]:
@@ -110,18 +130,20 @@ def _last_json(stdout: str, stderr: str, returncode: int | None) -> dict[str, An
     return json.loads(lines[-1])
 
 
-class PacedProducer:
-    """The producer process in ``--mode paced``: started, waits for ``go()``, then logs; with
-    ``hold_after``, it stops after that step until ``resume()`` (``held()`` says when)."""
+class WaitingProducer:
+    """The producer process started ahead of its run: its simulation (and stream) exists, and it
+    waits for ``go()`` to log. ``rate``: ``--mode paced`` at that many records/s, else flat out.
+    With ``hold_after`` (paced), it stops after that step until ``resume()`` (``held()`` says when)."""
 
-    def __init__(self, redis_url: str, namespace: str, simulation_id: str, mix: Mix, rate: float,
+    def __init__(self, redis_url: str, namespace: str, simulation_id: str, mix: Mix, rate: float | None = None,
                  hold_after: int | None = None) -> None:
         self.hold_after = hold_after
-        command = producer_command(redis_url, namespace, simulation_id, mix, "paced", rate, hold_after)
+        mode = "paced" if rate else "flat"
+        command = producer_command(redis_url, namespace, simulation_id, mix, mode, rate, hold_after, wait_go=True)
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self.process.stdout.readline()
         if not ready:
-            raise BenchError(f"the paced producer exited before it was ready (exit {self.process.wait()})")
+            raise BenchError(f"the producer process exited before it was ready (exit {self.process.wait()})")
 
     def go(self) -> None:
         """Start logging."""
@@ -134,7 +156,7 @@ class PacedProducer:
             return False
         line = self.process.stdout.readline()
         if not line:
-            raise BenchError(f"the paced producer exited before its hold step (exit {self.process.wait()})")
+            raise BenchError(f"the producer process exited before its hold step (exit {self.process.wait()})")
         return "held" in json.loads(line)
 
     def resume(self) -> None:

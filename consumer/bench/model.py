@@ -9,6 +9,7 @@ far) and its rows join the same table, JSON and plot.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,8 @@ class Row:
 
     ``rate``: records (or rows) per second, plotted; None for rows that are not a throughput.
     ``figures``: every number measured, by name, for bench.json. ``ratio``: this row's figure
-    divided by the one of row ``ratio_to`` from the same run, described by ``ratio_text``.
+    divided by the one of row ``ratio_to`` from the same run, described by ``ratio_text`` and shown
+    as a share (``ratio_unit`` ``%``) or a multiple (``x``).
     """
 
     key: str
@@ -34,10 +36,22 @@ class Row:
     ratio: float | None = None
     ratio_to: str | None = None
     ratio_text: str = ""
+    ratio_unit: str = "%"
 
     def as_dict(self) -> dict[str, Any]:
         """The row as plain JSON-able values."""
         return asdict(self)
+
+
+ENV_BENCH_PG_URL = "SIMSTREAM_BENCH_PG_URL"
+DEFAULT_BENCH_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def bench_pg_url() -> str | None:
+    """The PostgreSQL of the extra consumer rows: ``SIMSTREAM_BENCH_PG_URL`` (empty or ``off``:
+    none), else the local test database; used only when it answers."""
+    url = os.environ.get(ENV_BENCH_PG_URL, DEFAULT_BENCH_PG_URL).strip()
+    return None if url.lower() in ("", "off") else url
 
 
 @dataclass
@@ -50,11 +64,16 @@ class BenchOptions:
     db_url: str | None = None  # None: SQLite files in a scratch folder; else a PostgreSQL URL
     agents: int = 100
     resources: int = 20
+    pg_url: str | None = field(default_factory=bench_pg_url)  # consumer rows on PostgreSQL too, if it answers
 
     @property
     def mix(self) -> Mix:
         """The record mix every measurement of the run uses."""
         return Mix(self.records, self.agents, self.resources)
+
+
+DatabaseFactory = Callable[[str], contextlib.AbstractContextManager[str]]
+"""``fresh_database(label)``: a new, empty database for one configuration, as a URL; removed afterwards."""
 
 
 @dataclass
@@ -64,7 +83,7 @@ class BenchContext:
     options: BenchOptions
     scratch: Path
     fresh_redis: Callable[[], contextlib.AbstractContextManager[EmbeddedRedis]]
-    fresh_database: Callable[[str], contextlib.AbstractContextManager[str]]
+    fresh_database: DatabaseFactory
     rows: list[Row] = field(default_factory=list)
 
     @property

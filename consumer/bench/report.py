@@ -21,8 +21,16 @@ def _rate(row: Row) -> str:
 
 def _ratio(row: Row) -> str:
     if row.ratio is not None:
-        return f"{row.ratio:.0%} {row.ratio_text}"
+        return f"{_value(row.ratio, row.ratio_unit)} {row.ratio_text}"
     return row.ratio_text
+
+
+def _value(value: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value:.0%}"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:,.2f} {unit}"
 
 
 def table_markdown(rows: list[Row]) -> str:
@@ -33,11 +41,14 @@ def table_markdown(rows: list[Row]) -> str:
 
 
 def targets_markdown(targets: list[dict[str, Any]]) -> str:
-    """The issue's targets, measured value and met / not met."""
-    lines = ["| target | measured | met |", "|---|---:|---|"]
+    """The targets: what is measured, the value of this run, the threshold, PASS or MISS."""
+    lines = ["| target | measured | needed | result |", "|---|---:|---:|---|"]
     for target in targets:
-        value = f"{target['value']:.0%}" if not target["unit"] else f"{target['value']:,.2f} {target['unit']}"
-        lines.append(f"| {target['target']} | {value} | {'yes' if target['met'] else 'no'} |")
+        threshold, unit = target["threshold"], target["unit"]
+        needed = f"{'<=' if target['at_most'] else '>='} " + (
+            _value(threshold, unit) if unit == "%" else f"{threshold:g}{'' if unit == 'x' else ' '}{unit}")
+        lines.append(f"| {target['target']} | {_value(target['value'], target['unit'])} | {needed} | "
+                     f"{'PASS' if target['met'] else 'MISS'} |")
     return "\n".join(lines)
 
 

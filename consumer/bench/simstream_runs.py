@@ -1,8 +1,12 @@
 """simstream itself under the benchmark: the producer process, the consumer processes, end to end.
 
+The producer run also reads what the stream costs Redis: ``used_memory_peak`` over the empty
+server's ``used_memory`` while it holds every record (no consumer), per 1M records.
 Consumer throughput is taken from Redis: from the first delivery to the group until every entry
 is acknowledged, which the worker does only after the rows committed; the rows are then counted
-in SQL, table by table, against the mix. End to end runs a paced producer (consumers keep up),
+in SQL, table by table, against the mix. End to end as throughput starts the consumers, then the
+producer flat out beside them, and times the first ``log()`` to the moment every entry (the last
+one included) is seen acknowledged. End to end as latency runs a paced producer (consumers keep up),
 samples log() -> committed latency per step from the ``simulation_steps`` rows, SIGKILLs a worker
 a quarter of the way in and times how long until every entry it held is committed again, and
 reads Redis's peak memory. The kill does not race the run: the producer holds a quarter of the way
@@ -27,9 +31,9 @@ from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
 from common.settings import DEFAULT_GROUP
 from common.workload import Mix
-from consumer.bench.environment import (BenchError, PacedProducer, consumer_processes, group_progress,
+from consumer.bench.environment import (BenchError, WaitingProducer, consumer_processes, group_progress,
                                         poll_until, run_producer, wait_exit)
-from consumer.bench.model import BenchContext
+from consumer.bench.model import BenchContext, DatabaseFactory
 from consumer.inspect import entry_id_tuple
 
 _POLL_S = 0.005
@@ -42,10 +46,23 @@ def _names() -> tuple[str, str]:
 
 
 def producer_run(ctx: BenchContext) -> dict[str, Any]:
-    """The producer process flat out into a fresh Redis with no consumers."""
+    """The producer process flat out into a fresh Redis with no consumers, and Redis's memory for
+    the stream then holding every record: peak and held, over the empty server's, per 1M records."""
     simulation_id, namespace = _names()
     with ctx.fresh_redis() as server:
-        return run_producer(server.url, namespace, simulation_id, ctx.mix)
+        client = redis.Redis.from_url(server.url)
+        before = _used_memory(client)
+        result = run_producer(server.url, namespace, simulation_id, ctx.mix)
+        memory = client.info("memory")
+        client.close()
+    per_1m = 1e6 / result["records"]
+    return {**result, "redis_before_bytes": before, "redis_peak_bytes": int(memory["used_memory_peak"]),
+            "redis_peak_per_1m_bytes": (int(memory["used_memory_peak"]) - before) * per_1m,
+            "redis_held_per_1m_bytes": (int(memory["used_memory"]) - before) * per_1m}
+
+
+def _used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
 
 
 def count_rows(db_url: str, simulation_id: str) -> dict[str, int]:
@@ -68,17 +85,20 @@ def check_rows(db_url: str, simulation_id: str, mix: Mix) -> None:
         raise BenchError(f"rows in SQL differ from the records logged (found, expected): {wrong}")
 
 
-def consumers_run(ctx: BenchContext, processes: int) -> dict[str, Any]:
-    """Records/s from a filled stream to committed rows with ``processes`` consumer processes."""
+def consumers_run(ctx: BenchContext, processes: int, fresh_database: DatabaseFactory | None = None,
+                  label: str = "") -> dict[str, Any]:
+    """Records/s from a filled stream to committed rows with ``processes`` consumer processes, on
+    ``fresh_database`` (default: the run's database; ``label`` names its files)."""
     simulation_id, namespace = _names()
     keys = Keys(namespace)
-    with ctx.fresh_redis() as server, ctx.fresh_database(f"consumers-{processes}") as db_url:
+    name = f"consumers-{processes}{label}"
+    with ctx.fresh_redis() as server, (fresh_database or ctx.fresh_database)(name) as db_url:
         run_producer(server.url, namespace, simulation_id, ctx.mix)  # fill the stream (not timed)
         client = redis.Redis.from_url(server.url)
         stream = keys.stream(simulation_id)
         last_id = client.xinfo_stream(stream)["last-generated-id"].decode()
         entries = client.xlen(stream)
-        log_path = ctx.scratch / f"consumers-{processes}.log"
+        log_path = ctx.scratch / f"{name}.log"
         with consumer_processes(server.url, db_url, namespace, processes, log_path) as consumers:
             started = poll_until(lambda: _delivered(client, stream) and time.monotonic(),
                                  _RUN_TIMEOUT_S, _POLL_S, "the consumers' first read")
@@ -87,8 +107,8 @@ def consumers_run(ctx: BenchContext, processes: int) -> dict[str, Any]:
             wait_exit(consumers, 120, "simstream consume --drain", log_path)
         check_rows(db_url, simulation_id, ctx.mix)
         client.close()
-    return {"processes": processes, "entries": entries, "seconds": finished - started,
-            "rps": entries / (finished - started)}
+    return {"processes": processes, "entries": entries, "records": ctx.mix.total, "seconds": finished - started,
+            "rps": ctx.mix.total / (finished - started)}
 
 
 def _delivered(client: redis.Redis, stream: str) -> bool:
@@ -138,13 +158,12 @@ def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, 
         client = redis.Redis.from_url(server.url)
         # Held a quarter of the way in, until a worker's crash is armed: the kill falls inside the
         # run however fast or slow the machine is.
-        producer = PacedProducer(server.url, namespace, simulation_id, ctx.mix, rate,
-                                 hold_after=max(1, ctx.mix.steps // 4))
+        producer = WaitingProducer(server.url, namespace, simulation_id, ctx.mix, rate,
+                                   hold_after=max(1, ctx.mix.steps // 4))
         log_path = ctx.scratch / "end-to-end.log"
         try:
             with consumer_processes(server.url, db_url, namespace, processes, log_path, crash.env()) as consumers:
-                poll_until(lambda: (group_progress(client, stream, DEFAULT_GROUP) or ("", 0, 0))[2] >= processes,
-                           60, 0.02, "the consumers to join the group")
+                _wait_joined(client, stream, processes)
                 producer.go()
                 watch = _watch_steps(ctx, client, engine, stream, consumers, producer, crash)
                 result = producer.result()
@@ -161,6 +180,81 @@ def end_to_end_run(ctx: BenchContext, processes: int, rate: float) -> dict[str, 
             "latency_p99_ms": _pick(latencies, 0.99) * 1000, "latency_samples": len(latencies),
             "peak_redis_bytes": peak, "max_stream_length": watch.max_backlog, "recovery_s": watch.recovery_s,
             "kills": watch.kills}
+
+
+def throughput_run(ctx: BenchContext, processes: int = 1) -> dict[str, Any]:
+    """Records/s from the first ``log()`` to the last committed row: the producer process flat out,
+    ``processes`` consumer processes started before it and persisting beside it."""
+    simulation_id, namespace = _names()
+    stream = Keys(namespace).stream(simulation_id)
+    with ctx.fresh_redis() as server, ctx.fresh_database("throughput") as db_url:
+        client = redis.Redis.from_url(server.url)
+        before = _used_memory(client)
+        producer = WaitingProducer(server.url, namespace, simulation_id, ctx.mix)  # its stream exists
+        log_path = ctx.scratch / "throughput.log"
+        try:
+            with consumer_processes(server.url, db_url, namespace, processes, log_path) as consumers:
+                _wait_joined(client, stream, processes)
+                producer.go()
+                all_acked_at = _all_acked_at(client, stream, producer, consumers, log_path)
+                result = producer.result()
+                wait_exit(consumers, _RUN_TIMEOUT_S, "simstream consume --drain", log_path)
+            peak = int(client.info("memory")["used_memory_peak"])
+        finally:
+            producer.kill()
+        check_rows(db_url, simulation_id, ctx.mix)
+        client.close()
+    # The last row cannot commit before the last record is in Redis: a poll that saw the stream
+    # caught up just before the producer's final batch landed cannot end the run early.
+    seconds = max(all_acked_at, result["in_redis_at"]) - result["first_log_at"]
+    return {"processes": processes, "records": ctx.mix.total, "seconds": seconds, "rps": ctx.mix.total / seconds,
+            "producer_in_redis_s": result["in_redis_at"] - result["first_log_at"],
+            "log_p50_us": result["log_p50_us"], "log_p99_us": result["log_p99_us"],
+            "redis_peak_bytes": peak, "redis_peak_over_empty_bytes": peak - before}
+
+
+def _wait_joined(client: redis.Redis, stream: str, processes: int) -> None:
+    poll_until(lambda: (group_progress(client, stream, DEFAULT_GROUP) or ("", 0, 0))[2] >= processes,
+               60, 0.02, "the consumers to join the group")
+
+
+def _all_acked_at(client: redis.Redis, stream: str, producer: WaitingProducer, consumers, log_path: Path) -> float:
+    """When every entry of the stream, the producer's last one included, was first seen acknowledged
+    (a worker acknowledges after its commit), polled every 5 ms until the producer has exited (or
+    the consumers, which drain only a complete simulation)."""
+    seen_id, since = None, None
+    deadline = time.monotonic() + _RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        now, (last_id, caught_up) = time.monotonic(), _ack_state(client, stream)
+        if last_id is None:  # removed: complete and fully persisted, caught up since the last poll at the latest
+            since = since if since is not None else now
+        elif not caught_up:
+            since = None
+        elif since is None or last_id != seen_id:  # newly caught up, or caught up again with newer entries
+            since = now
+        seen_id = last_id if last_id is not None else seen_id
+        finished = producer.process.poll() is not None or consumers.poll() is not None  # drained: complete
+        if since is not None and finished:
+            return since
+        if consumers.poll() is not None:
+            raise BenchError(f"the consumers exited before the stream was persisted; see {log_path}")
+        time.sleep(_POLL_S)
+    raise BenchError(f"the throughput run did not finish within {_RUN_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+def _ack_state(client: redis.Redis, stream: str) -> tuple[str | None, bool]:
+    """(the stream's last entry id, whether the group has acknowledged every entry up to it), read
+    in one transaction; (None, True) once the stream is removed."""
+    pipe = client.pipeline(transaction=True)
+    pipe.xinfo_stream(stream)
+    pipe.xinfo_groups(stream)
+    try:
+        info, groups = pipe.execute()
+    except redis.ResponseError:
+        return None, True  # removed: it is removed only once all is persisted
+    last_id = _text(info["last-generated-id"])
+    group = next((g for g in groups if _text(g["name"]) == DEFAULT_GROUP), None)
+    return last_id, group is not None and _text(group["last-delivered-id"]) == last_id and int(group["pending"]) == 0
 
 
 def _pick(ordered: list[float], share: float) -> float:

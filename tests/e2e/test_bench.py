@@ -1,7 +1,9 @@
 """``simstream bench`` end to end on a small mix: every row measured, every ratio from the same run.
 
 No timing asserts: the numbers depend on the machine. What is checked is that each configuration
-ran (positive figures), the outputs exist, and each ratio is the quotient of this run's figures.
+ran (positive figures), the outputs exist, each ratio is the quotient of this run's figures and
+each target line says PASS or MISS. The consumer rows run again on PostgreSQL when one answers
+(``SIMSTREAM_TEST_PG_URL``); otherwise a skip row says why.
 Nor may a test depend on the machine's speed: the main test runs the shortest mix with the bench
 process itself starved (stopped most of the time) while the end-to-end run goes on, which is what a
 busy machine does at worst, and its worker must still be killed inside the run.
@@ -21,10 +23,18 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-ROW_KEYS = ["limit_xadd", "limit_sql", "limit_pipeline", "baseline_direct", "baseline_list_queue",
-            "simstream_producer", "simstream_consumers_1", "simstream_consumers_2", "end_to_end",
-            "recent_state_sqlite", "recent_state_redis"]
 PG_URL = os.environ.get("SIMSTREAM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ROWS = {"extra": ["simstream_consumers_pg_1", "simstream_consumers_pg_2"],
+           "skipped": ["simstream_consumers_pg_skipped"], "none": []}
+NOT_A_RATE = {"end_to_end", "redis_memory", "simstream_consumers_pg_skipped"}
+
+
+def _row_keys(pg_rows: str) -> list[str]:
+    """The rows of a run, in order; ``pg_rows``: the consumer rows ran again on PostgreSQL
+    (``extra``), could not (``skipped``), or the run's sink is PostgreSQL already (``none``)."""
+    return ["limit_xadd", "limit_sql", "limit_pipeline", "baseline_direct", "baseline_list_queue",
+            "simstream_producer", "redis_memory", "simstream_consumers_1", "simstream_consumers_2",
+            *PG_ROWS[pg_rows], "end_to_end", "end_to_end_throughput", "recent_state_sqlite", "recent_state_redis"]
 
 
 def _command(tmp_path, records: int, *extra: str) -> list[str]:
@@ -33,7 +43,8 @@ def _command(tmp_path, records: int, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SIMSTREAM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMSTREAM_")}
+    return {**env, "SIMSTREAM_BENCH_PG_URL": PG_URL}
 
 
 def _bench(tmp_path, *extra: str, records: int = 20_000) -> subprocess.CompletedProcess:
@@ -42,8 +53,9 @@ def _bench(tmp_path, *extra: str, records: int = 20_000) -> subprocess.Completed
 
 
 def _bench_starved_during_end_to_end(tmp_path, records: int) -> subprocess.CompletedProcess:
-    """The bench with its own process stopped 1.5 s of every 1.55 s from the end-to-end run's start to
-    its result: the producer and consumers (processes of their own) run on; the bench barely does."""
+    """The bench with its own process stopped 1.5 s of every 1.55 s from the paced end-to-end run's
+    start to its result: the producer and consumers (processes of their own) run on; the bench
+    barely does."""
     bench = subprocess.Popen(_command(tmp_path, records), env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     starving = threading.Event()
@@ -59,10 +71,10 @@ def _bench_starved_during_end_to_end(tmp_path, records: int) -> subprocess.Compl
     try:
         for line in bench.stdout:  # bounded: the process is killed in finally if the test fails
             lines.append(line)
-            if line.startswith("  simstream consumers x2") and starver.ident is None:  # end to end is next
+            if line.startswith("  end to end paced at") and starver.ident is None:
                 starving.set()
                 starver.start()
-            elif line.startswith("  end to end") or "error" in line:
+            elif line.startswith("  end to end: latency") or "error" in line:
                 starving.clear()
                 if starver.is_alive():
                     starver.join(5)
@@ -83,25 +95,48 @@ def _rows(tmp_path) -> dict[str, dict]:
     return {row["key"]: row for row in report["rows"]}
 
 
-def _assert_complete_and_consistent(tmp_path, result) -> dict[str, dict]:
+def _assert_complete_and_consistent(tmp_path, result, pg_rows: str) -> dict[str, dict]:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = tmp_path / "out"
     assert (out / "bench.md").exists() and (out / "bench.json").exists()
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = _rows(tmp_path)
-    assert list(rows) == ROW_KEYS
+    assert list(rows) == _row_keys(pg_rows)
     markdown = (out / "bench.md").read_text()
     for row in rows.values():
         assert f"| {row['label']} |" in markdown and f"| {row['label']} |" in result.stdout
-        if row["key"] != "end_to_end":
+        if row["key"] not in NOT_A_RATE:
             assert row["rate"] > 0, row
     producer = rows["simstream_producer"]["figures"]
     assert 0 < producer["log_p50_us"] <= producer["log_p99_us"]
     assert producer["in_redis"] == producer["records"] > 0
+    memory = rows["redis_memory"]["figures"]
+    assert memory["records"] == producer["records"] and memory["redis_peak_per_1m_bytes"] > 0
     end = rows["end_to_end"]["figures"]
     assert 0 < end["latency_p50_ms"] <= end["latency_p99_ms"]
     assert end["peak_redis_bytes"] > 0 and end["recovery_s"] > 0 and end["latency_samples"] > 0
+    flat_out = rows["end_to_end_throughput"]["figures"]
+    assert flat_out["records"] == producer["records"] and flat_out["processes"] == 1
+    assert 0 < flat_out["producer_in_redis_s"] <= flat_out["seconds"]
+    _assert_targets(tmp_path, markdown)
     return rows
+
+
+def _assert_targets(tmp_path, markdown: str) -> None:
+    """Every target carries its value and threshold and is PASS or MISS on them, in the table too."""
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    names = {target["target"].split(" ")[0] for target in report["targets"]}
+    assert names >= {"log()", "producer", "one", "end", "peak", "simulation-thread"}
+    for target in report["targets"]:
+        met = target["value"] <= target["threshold"] if target["at_most"] else target["value"] >= target["threshold"]
+        assert target["met"] == met, target
+        assert f"| {target['target']} |" in markdown
+    verdicts = [line for line in markdown.splitlines() if line.endswith(("| PASS |", "| MISS |"))]
+    assert len(verdicts) == len(report["targets"])
+
+
+def _assert_figure(rows: dict[str, dict], key: str, figure: str, base: str) -> None:
+    assert rows[key]["figures"][figure] == pytest.approx(rows[key]["rate"] / rows[base]["rate"], rel=1e-9)
 
 
 def _assert_ratio(rows: dict[str, dict], key: str, base: str) -> None:
@@ -117,16 +152,20 @@ def test_bench_measures_every_row_and_computes_ratios_from_the_same_run(tmp_path
     result = _bench_starved_during_end_to_end(tmp_path, records=1_000)
 
     # Then: every row is there with positive figures, and each ratio uses this run's limits
-    rows = _assert_complete_and_consistent(tmp_path, result)
+    pg_rows = "extra" if _postgres_answers() else "skipped"
+    rows = _assert_complete_and_consistent(tmp_path, result, pg_rows)
     _assert_ratio(rows, "simstream_producer", "limit_xadd")
-    _assert_ratio(rows, "simstream_consumers_1", "limit_pipeline")
-    _assert_ratio(rows, "simstream_consumers_2", "limit_pipeline")
+    for consumers in ("simstream_consumers_1", "simstream_consumers_2"):
+        _assert_ratio(rows, consumers, "limit_sql")
+        _assert_figure(rows, consumers, "of_limit_pipeline", "limit_pipeline")
+    _assert_ratio(rows, "end_to_end_throughput", "baseline_direct")
+    _assert_figure(rows, "end_to_end_throughput", "x_list_queue", "baseline_list_queue")
     _assert_ratio(rows, "recent_state_redis", "recent_state_sqlite")
-    end, one = rows["end_to_end"]["figures"], rows["simstream_consumers_1"]["rate"]
-    assert end["x_direct_sqlite"] == pytest.approx(one / rows["baseline_direct"]["rate"], rel=1e-9)
-    assert end["x_list_queue"] == pytest.approx(one / rows["baseline_list_queue"]["rate"], rel=1e-9)
-    report = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"log()", "producer", "one", "end", "peak"}
+    if pg_rows == "extra":
+        _assert_ratio(rows, "simstream_consumers_pg_2", "simstream_consumers_pg_1")
+        assert "PostgreSQL" in rows["simstream_consumers_pg_1"]["detail"]
+    else:
+        assert "simstream consumers on PostgreSQL skipped: no PostgreSQL answers" in result.stdout
 
 
 def _postgres_answers() -> bool:
@@ -148,8 +187,9 @@ def test_bench_runs_the_consumer_rows_on_postgresql_and_drops_its_schemas(tmp_pa
     result = _bench(tmp_path, "--db", PG_URL, records=5_000)
 
     # Then: the consumer rows ran on PostgreSQL, and no bench schema is left behind
-    rows = _assert_complete_and_consistent(tmp_path, result)
+    rows = _assert_complete_and_consistent(tmp_path, result, "none")
     assert "PostgreSQL" in rows["simstream_consumers_1"]["detail"]
+    assert "PostgreSQL" in rows["end_to_end_throughput"]["detail"]
     engine = create_engine(PG_URL)
     with engine.connect() as connection:
         left = connection.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'simstream_bench%'"))

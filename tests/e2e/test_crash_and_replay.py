@@ -25,8 +25,15 @@ LEFTOVERS = ("--wait-for-simulation-s", "0")
 pytestmark = pytest.mark.every_deployment
 
 
+ENTRY_RECORDS = 10
+"""Records per stream entry (a record batch): small, so that a run spans many entries and the
+consumers' batches (``--batch-size``, in entries) many batches, as many as when an entry held one
+record and the batch sizes below were ten times larger."""
+
+
 def new_logger(redis_server, namespace, simulation_id) -> RedisBufferedDataLogger:
-    return RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, batch_size=500)
+    return RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, batch_size=500,
+                                   entry_records=ENTRY_RECORDS)
 
 
 def group_pending(redis_server, namespace, simulation_id) -> dict:
@@ -63,7 +70,7 @@ def worker_pids(supervisor) -> list[int]:
 def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, namespace, simulation_id):
     # Given: three consumer processes started before the simulation
     logger = new_logger(redis_server, namespace, simulation_id)
-    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "200", *FAST)
+    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "20", *FAST)
     logger.flush_all_buffers()  # registers the simulation, so each worker finds its stream
     wait_for(lambda: cli.output(consumers).count("worker.stream_discovered") == 3, timeout_s=60,
              what="all three workers to start")
@@ -96,7 +103,7 @@ def test_sigkill_at_the_dangerous_moment_then_restart_leaves_exact_rows(cli, red
     crash_env = {"SIMSTREAM_TEST_CRASH": f"{moment}:3", "SIMSTREAM_TEST_CRASH_ONCE_FILE": str(once)}
 
     # When: the supervisor runs it; it dies by SIGKILL and is restarted under the same name
-    result = cli.run("consume", "--processes", "1", "--drain", "--batch-size", "100", *FAST,
+    result = cli.run("consume", "--processes", "1", "--drain", "--batch-size", "10", *FAST,
                      extra_env=crash_env)
 
     # Then: the kill happened, the restarted worker replayed its pending entries, rows are exact
@@ -112,7 +119,7 @@ def test_random_sigkills_during_a_run_lose_and_double_nothing(cli, redis_server,
     # Given: two supervised workers consuming while the simulation runs
     rng = random.Random(1234)
     logger = new_logger(redis_server, namespace, simulation_id)
-    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "150", *FAST)
+    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "15", *FAST)
     wait_for(lambda: len(worker_pids(supervisor)) == 2, what="two workers")
 
     # When: workers are SIGKILLed at random moments while records stream in
@@ -146,7 +153,7 @@ def test_another_consumer_claims_a_dead_consumers_entries(cli, redis_server, sql
     logger.close()
     monkeypatch.setenv("SIMSTREAM_TEST_CRASH", "after_read:2")
     settings = ConsumerSettings(redis_url=redis_server.url, db_url=sqlite_url, namespace=namespace,
-                                batch_size=100, block_ms=100)
+                                batch_size=10, block_ms=100)
     doomed = multiprocessing.get_context("spawn").Process(target=run_worker, args=(settings, 7))
     doomed.start()
     doomed.join(60)
@@ -171,7 +178,7 @@ def test_sigterm_mid_run_exits_zero_with_nothing_pending(cli, redis_server, sink
     logger = new_logger(redis_server, namespace, simulation_id)
     expected = produce_workload(logger, steps=300, agents=30)
     logger.close()
-    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "200", *FAST)
+    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "20", *FAST)
     wait_for(lambda: delivered_any(redis_server, namespace, simulation_id), what="consumers at work")
 
     # When: the supervisor gets SIGTERM mid-run

@@ -48,9 +48,10 @@ def test_a_healthy_run_is_ok_with_every_record_persisted(cli, redis_server, sink
     # When: the consumer has caught up
     stream = wait_for(lambda: caught_up(cli, simulation_id, total_expected(expected)), what="catch-up")
 
-    # Then: ok, every entry persisted, no dead letters, the consumer seen and holding nothing
+    # Then: ok, every record persisted, no dead letters, the consumer seen and holding nothing
     assert stream["health"] == "ok" and stream["state"] == "running"
-    assert stream["acknowledged"] == stream["logged"] and stream["lag"] == stream["pending"] == 0
+    assert stream["persisted"] == stream["logged"] and stream["lag"] == stream["pending"] == 0
+    assert stream["acknowledged"] == stream["entries_added"]  # entries, each a batch of records
     assert stream["dead_letters"] == 0 and stream["oldest_pending_idle_ms"] is None
     [member] = stream["consumers"]
     assert member["pending"] == 0 and member["idle_ms"] < 3_600_000
@@ -75,7 +76,8 @@ def test_a_stopped_consumer_makes_the_stream_lagging_then_stuck(cli, redis_serve
 
     # Then: with the consumer counted as recently seen, the backlog makes it lagging ...
     stream = status_of(cli, simulation_id, "--lag-threshold", "0", *NEVER_STUCK)
-    assert stream["health"] == "lagging" and stream["lag"] == total_expected(more) and stream["pending"] == 0
+    assert stream["health"] == "lagging" and stream["backlog"] == total_expected(more) and stream["pending"] == 0
+    assert stream["lag"] == stream["backlog_entries"] > 0  # the entries holding those records
     assert stream["consumers"][0]["pending"] == 0
     # ... within the lag threshold it is ok ...
     assert status_of(cli, simulation_id, "--lag-threshold", str(stream["backlog"]),
@@ -90,7 +92,7 @@ def test_a_stopped_consumer_makes_the_stream_lagging_then_stuck(cli, redis_serve
 
     # Then: it catches up and the stream is ok again
     stream = wait_for(lambda: caught_up(cli, simulation_id, total_expected(expected)), what="catch-up")
-    assert stream["health"] == "ok" and stream["acknowledged"] == stream["logged"]
+    assert stream["health"] == "ok" and stream["persisted"] == stream["logged"]
     assert_rows_match(sink_engine, simulation_id, expected)
     stop(consumer)
     logger.close()

@@ -23,12 +23,13 @@ def warnings_named(caplog, event: str) -> list[str]:
 
 
 def producers_in_stream(redis_server, namespace: str, simulation_id: str) -> set[str]:
-    from common.codec import decode
+    """The producers whose entries (record batches) the stream holds."""
+    from common.codec import describe
 
     client = redis_server.client()
     entries = client.xrange(Keys(namespace).stream(simulation_id))
     client.close()
-    return {decode(fields[b"r"]).producer_id for _, fields in entries}
+    return {describe(fields[b"r"]).producer_id for _, fields in entries}
 
 
 def test_the_end_of_an_outage_is_a_line_with_the_records_replayed_and_no_empty_folder_is_left(

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
+
+import msgpack
 
 import pytest
 from sqlalchemy import (Column, Float, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint,
                         create_engine, insert, select)
 
 from common import schema
-from common.codec import decode, make_encoder
+from common.codec import RECORD_FORMAT, decode, make_encoder
 from common.connections import create_sink_engine, ensure_schema
 from common.errors import DatabaseUnavailable
 from common.keys import Keys
+from common.records import KINDS
+from common.rows import row_columns
 from consumer.sink import DeadLetter, Sink
 from consumer.stream_reader import Entry
 from producer import RedisBufferedDataLogger
@@ -75,32 +80,80 @@ def bad_records_for(dialect: str) -> dict[str, tuple[dict, str]]:
     return {agent_id: (args, causes[dialect]) for agent_id, (args, causes) in BAD.items() if dialect in causes}
 
 
+def spots(bad: dict) -> dict[int, str]:
+    """Where each bad record goes among the valid ones: just before valid action number i."""
+    return {VALID * (n + 1) // (len(bad) + 1): agent_id for n, agent_id in enumerate(bad)}
+
+
 def produce(redis_url: str, namespace: str, simulation_id: str, bad: dict[str, tuple[dict, str]]) -> None:
     """VALID actions, the bad ones spread among them so that each shares a batch with valid ones."""
     logger = RedisBufferedDataLogger(simulation_id, redis_url, namespace=namespace)
-    spots = {VALID * (n + 1) // (len(bad) + 1): agent_id for n, agent_id in enumerate(bad)}
+    places = spots(bad)
     for i in range(VALID):
-        if i in spots:
-            logger.log_agent_action(agent_id=spots[i], **bad[spots[i]][0])
+        if i in places:
+            logger.log_agent_action(agent_id=places[i], **bad[places[i]][0])
         logger.log_agent_action(step_number=i, agent_id=f"a{i}", action_type="move", reward=0.5, details={"i": i})
     report = logger.close()
     assert report.complete and report.in_redis == report.logged and report.waiting == 0
 
 
-def assert_bad_values_reached_redis(client, stream: str, bad: dict) -> None:
-    """The producer sent each bad value as it was (not refused, not replaced by its repr)."""
+@dataclass(frozen=True)
+class SentRecord:
+    """A record as it is in the stream: where (entry id, offset in the entry), its sequence number,
+    its fields (None if its producer could not encode them) and, for a record batch's reject, the
+    reason its producer could not lay it out as a row."""
+
+    entry_id: str
+    offset: int
+    seq: int
+    fields: dict | None
+    reason: str | None = None
+
+
+def sent_records(client, stream: str) -> list[SentRecord]:
+    """Every record in the stream, in order, from entries of either format (one record per entry,
+    or a record batch of rows and rejects)."""
+    found = []
+    for entry_id, entry in client.xrange(stream):
+        unpacked = msgpack.unpackb(entry[b"r"], raw=False)
+        if unpacked[0] == RECORD_FORMAT:
+            record = decode(entry[b"r"])
+            found.append(SentRecord(entry_id.decode(), 0, record.seq, record.fields))
+            continue
+        _, _, _, _, first_seq, _, groups, rejects = unpacked
+        for kind, offsets, rows in groups:
+            columns = row_columns(KINDS[kind])
+            found += [SentRecord(entry_id.decode(), offset, first_seq + offset, dict(zip(columns, row)))
+                      for offset, row in zip(offsets, rows)]
+        found += [SentRecord(entry_id.decode(), offset, first_seq + offset, fields, reason)
+                  for offset, _, reason, fields in rejects]
+    return sorted(found, key=lambda record: record.seq)
+
+
+def assert_bad_values_reached_redis(client, stream: str, bad: dict) -> dict[int, tuple[str, SentRecord]]:
+    """The producer sent each bad record, in its place in the sequence: as it was (not refused,
+    not replaced by its repr), or in a record batch as a reject saying why, with its values where
+    they can be encoded. Returns {seq: (agent_id, where it is)} of the bad records."""
+    records = sent_records(client, stream)
+    by_agent = {record.fields.get("agent_id"): record for record in records if record.fields}
     found = {}
-    for _, fields in client.xrange(stream):
-        record = decode(fields[b"r"])
-        if record.fields.get("agent_id") in bad:
-            found[record.fields["agent_id"]] = record.fields
-    assert sorted(found) == sorted(bad)
-    if "bad-int" in found:
-        assert found["bad-int"]["step_number"] == 2**63
-    if "bad-nesting" in found:
-        assert depth_of(found["bad-nesting"]["details"]) == 1000
-    if "bad-length" in found:
-        assert found["bad-length"]["action_type"] == "x" * 101
+    for agent_id in bad:
+        record = by_agent.get(agent_id)
+        if record is None:  # no values: it must be the record logged just before its valid neighbour
+            neighbour = by_agent[f"a{next(i for i, name in spots(bad).items() if name == agent_id)}"]
+            [record] = [r for r in records if r.seq == neighbour.seq - 1 and r.fields is None and r.reason]
+        found[record.seq] = (agent_id, record)
+    values = {agent_id: record for agent_id, record in found.values()}
+    assert sorted(values) == sorted(bad)
+    if "bad-int" in values:
+        assert values["bad-int"].fields["step_number"] == 2**63
+    if "bad-nesting" in values:
+        nesting = values["bad-nesting"]
+        assert (depth_of(nesting.fields["details"]) == 1000 if nesting.fields
+                else "RecursionError" in nesting.reason)
+    if "bad-length" in values:
+        assert values["bad-length"].fields["action_type"] == "x" * 101
+    return found
 
 
 def consume_until_drained(cli, db_url: str) -> str:
@@ -116,8 +169,17 @@ def consume_until_drained(cli, db_url: str) -> str:
     return output
 
 
-def assert_only_bad_ones_dead_lettered(engine, simulation_id: str, bad: dict[str, tuple[dict, str]]) -> None:
-    """Every valid action is a row exactly once; each bad one is a dead letter naming its cause."""
+def letter_seq(raw: bytes) -> int:
+    """The sequence number of the one record a dead letter keeps (either format)."""
+    unpacked = msgpack.unpackb(raw, raw=False)
+    return unpacked[3] if unpacked[0] == RECORD_FORMAT else unpacked[4]
+
+
+def assert_only_bad_ones_dead_lettered(engine, simulation_id: str, bad: dict[str, tuple[dict, str]],
+                                       sent: dict[int, tuple[str, SentRecord]],
+                                       where_sent: bool = True) -> None:
+    """Every valid action is a row exactly once; each bad one is a dead letter naming its cause,
+    keeping that record alone (``where_sent``: keyed by the entry and offset it was sent in)."""
     with engine.connect() as connection:
         actions = schema.agent_actions
         agent_ids = Counter(row.agent_id for row in connection.execute(
@@ -126,12 +188,14 @@ def assert_only_bad_ones_dead_lettered(engine, simulation_id: str, bad: dict[str
     for i in range(VALID):
         assert agent_ids[f"a{i}"] == 1, f"a{i} persisted {agent_ids[f'a{i}']} times"
     assert sum(agent_ids.values()) == VALID, f"unexpected rows: {set(agent_ids) - {f'a{i}' for i in range(VALID)}}"
-    by_agent = {decode(letter.raw).fields["agent_id"]: letter for letter in letters}
+    by_agent = {sent[letter_seq(letter.raw)][0]: letter for letter in letters}
     assert len(letters) == len(by_agent) == len(bad), [letter.error for letter in letters]
-    for agent_id, (_, cause) in bad.items():
-        letter = by_agent[agent_id]
+    for seq, (agent_id, record) in sent.items():
+        letter, cause = by_agent[agent_id], bad[agent_id][1]
         assert cause in letter.error, f"{agent_id}: {letter.error}"
-        assert letter.simulation_id == simulation_id and letter.entry_index == 0
+        assert letter.simulation_id == simulation_id and letter_seq(letter.raw) == seq
+        if where_sent:
+            assert (letter.entry_id, letter.entry_index) == (record.entry_id, record.offset)
         assert letter.delivery_count == 1  # dead-lettered on its first delivery, not by the limit
 
 
@@ -147,7 +211,7 @@ def test_one_bad_value_dead_letters_only_its_record_and_dlq_retry_keeps_it_so(
     bad = bad_records_for(dialect)
     client, stream = redis_server.client(), Keys(namespace).stream(simulation_id)
     produce(redis_server.url, namespace, simulation_id, bad)
-    assert_bad_values_reached_redis(client, stream, bad)
+    sent = assert_bad_values_reached_redis(client, stream, bad)
     engine = create_engine(db_url)
 
     try:
@@ -155,7 +219,7 @@ def test_one_bad_value_dead_letters_only_its_record_and_dlq_retry_keeps_it_so(
         consume_until_drained(cli, db_url)
 
         # Then: exactly the bad records are dead letters, each with its real cause; the rest are rows
-        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad)
+        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad, sent)
         first_entries = dead_letter_entries(engine)
 
         # When: the dead letters are re-driven and drained again
@@ -164,7 +228,7 @@ def test_one_bad_value_dead_letters_only_its_record_and_dlq_retry_keeps_it_so(
         consume_until_drained(cli, db_url)
 
         # Then: the bad ones are dead letters again, alone (new entries); every valid row is still there once
-        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad)
+        assert_only_bad_ones_dead_lettered(engine, simulation_id, bad, sent, where_sent=False)
         assert not dead_letter_entries(engine) & first_entries
     finally:
         engine.dispose()

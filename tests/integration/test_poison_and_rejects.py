@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text
 
 from common import schema
-from common.codec import FORMAT_VERSION
+from common.codec import RECORD_FORMAT, describe
 from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
 from consumer.cli import cli
@@ -35,19 +35,19 @@ def test_poison_entries_are_dead_lettered_with_their_reason_and_good_rows_commit
     logger.flush_all_buffers()
     poison = {
         "not valid msgpack": b"\xc1\xc1garbage",
-        "unknown record kind": msgpack.packb([FORMAT_VERSION, "spaceship", "p", 1, {}]),
-        "unknown format version": msgpack.packb([FORMAT_VERSION + 7, "agent", "p", 2, {}]),
-        "'birth_time' must be a single value": msgpack.packb([FORMAT_VERSION, "agent", "p", 3, {
+        "unknown record kind": msgpack.packb([RECORD_FORMAT, "spaceship", "p", 1, {}]),
+        "unknown format version": msgpack.packb([RECORD_FORMAT + 7, "agent", "p", 2, {}]),
+        "'birth_time' must be a single value": msgpack.packb([RECORD_FORMAT, "agent", "p", 3, {
             "agent_id": "x", "birth_time": ["yesterday"], "agent_type": "t", "position_x": 0.0,
             "position_y": 0.0, "initial_resources": 1.0, "starting_health": 1.0}]),
-        "'agent_id' is required": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 4, {
+        "'agent_id' is required": msgpack.packb([RECORD_FORMAT, "agent_action", "p", 4, {
             "step_number": 1, "action_type": "move"}]),
-        "must be a JSON value": msgpack.packb([FORMAT_VERSION, "agent_action", "p", 6, {
+        "must be a JSON value": msgpack.packb([RECORD_FORMAT, "agent_action", "p", 6, {
             "step_number": 1, "agent_id": "x", "action_type": "move", "details": {"blob": b"\x00"}}]),
     }
     poison_ids = {client.xadd(stream, {b"r": payload}).decode(): reason for reason, payload in poison.items()}
     foreign_id = client.xadd(stream, {b"something": b"else"}).decode()
-    trimmed_id = client.xadd(stream, {b"r": msgpack.packb([FORMAT_VERSION, "agent", "p", 5, {}])}).decode()
+    trimmed_id = client.xadd(stream, {b"r": msgpack.packb([RECORD_FORMAT, "agent", "p", 5, {}])}).decode()
     # the trimmed entry was delivered to our worker, then deleted before it was persisted
     client.xgroup_create(stream, "simstream", id="0")
     client.xreadgroup("simstream", WORKER_NAME, {stream: ">"})
@@ -129,21 +129,23 @@ def test_entries_delivered_too_often_are_dead_lettered_by_redis_delivery_count(
         logger.log_agent_action(1, f"a{i}", "move")
     logger.flush_all_buffers()
     client.xgroup_create(stream, "simstream", id="0")
-    client.xreadgroup("simstream", WORKER_NAME, {stream: ">"})
+    [[_, delivered]] = client.xreadgroup("simstream", WORKER_NAME, {stream: ">"})
     for _ in range(3):
         client.xreadgroup("simstream", WORKER_NAME, {stream: "0"})
     logger.close()
 
     # When: the worker restarts with a limit of 3 deliveries
-    drain_with_worker(redis_server.url, sqlite_url, namespace, max_deliveries=3)
+    worker = drain_with_worker(redis_server.url, sqlite_url, namespace, max_deliveries=3)
 
-    # Then: the over-delivered entries are dead letters that say so; later entries are rows
+    # Then: each over-delivered entry is a dead letter, whole, that says so; later entries are rows
     letters = dead_letters_by_entry(sink_engine).values()
-    assert len(letters) == 6  # the simulation start record and five actions
+    assert sorted(letter.entry_id for letter in letters) == sorted(entry_id.decode() for entry_id, _ in delivered)
+    assert sum(describe(letter.raw).records for letter in letters) == 6  # the simulation start record, five actions
+    assert worker.stats.dead_lettered == 6  # counted in records
     assert all("delivered 5 times (limit 3)" in letter.error and letter.delivery_count == 5 for letter in letters)
     with sink_engine.connect() as connection:
         assert connection.execute(select(schema.agent_actions)).all() == []
-    assert purge_dead_letters(create_engine(sqlite_url), simulation_id) == 6
+    assert purge_dead_letters(create_engine(sqlite_url), simulation_id) == len(delivered)
 
 
 def test_dlq_commands_list_retry_and_purge(cli, redis_server, sqlite_url, simulation_id, namespace):

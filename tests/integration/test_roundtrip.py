@@ -7,6 +7,7 @@ import json
 from sqlalchemy import select
 
 from common import schema
+from common.codec import describe
 from common.settings import ConsumerSettings
 from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
@@ -122,9 +123,11 @@ def test_the_same_entries_added_twice_write_nothing_new(redis_server, sqlite_url
     logger.close()
     client = redis_server.client()
     stream = f"{namespace}:{{{simulation_id}}}:stream"
-    for _, fields in client.xrange(stream):
+    entries = client.xrange(stream)
+    for _, fields in entries:
         client.xadd(stream, fields)
-    assert client.xlen(stream) == 2 * 14  # 12 records + the simulation start and end
+    assert client.xlen(stream) == 2 * len(entries)
+    assert sum(describe(fields[b"r"]).records for _, fields in entries) == 14  # 12 records + the start and end
 
     # When: a worker drains the stream
     worker = drain_with_worker(redis_server.url, sqlite_url, namespace)
@@ -153,3 +156,35 @@ def test_a_resumed_simulation_keeps_what_its_first_producer_recorded(redis_serve
     [row] = rows(sink_engine, schema.simstream_simulations, simulation_id)
     assert row["experiment_id"] == "exp-1" and row["parameters"] == {"agents": 30}
     assert row["status"] == "completed" and row["end_time"] is not None
+
+
+def test_acknowledging_counts_each_entrys_records_once_and_never_remakes_a_removed_meta_hash(
+        redis_server, namespace, simulation_id):
+    from common.keys import Keys
+    from common.stream_append import ACKED_FIELD_PREFIX
+    from consumer.stream_reader import StreamReader
+
+    # Given: three entries delivered to a consumer, holding 250, 3 and 0 records (a trimmed one)
+    client, keys = redis_server.client(), Keys(namespace)
+    stream, meta = keys.stream(simulation_id), keys.meta(simulation_id)
+    ids = [client.xadd(stream, {b"r": b"x"}) for _ in range(3)]
+    client.xgroup_create(stream, "simstream", id="0")
+    client.xreadgroup("simstream", "c0", {stream: ">"})
+    reader = StreamReader(client, "simstream", "c0")
+    acked = f"{ACKED_FIELD_PREFIX}simstream".encode()
+
+    # When: they are acknowledged, then acknowledged again (a replay after a crash before the ack
+    # was known, or a retried ack)
+    first = reader.ack(stream, meta, {ids[0]: 250, ids[1]: 3, ids[2]: 0})
+    again = reader.ack(stream, meta, {ids[0]: 250, ids[1]: 3})
+
+    # Then: their records are counted once
+    assert (first, again) == (253, 0)
+    assert client.hget(meta, acked) == b"253" and client.xpending(stream, "simstream")["pending"] == 0
+
+    # When: the finished simulation's keys are removed, and a late ack of its entries arrives
+    client.delete(stream, meta)
+    late = reader.ack(stream, meta, {ids[0]: 250})
+
+    # Then: it counts nothing and leaves nothing behind
+    assert late == 0 and not client.exists(meta)

@@ -1,8 +1,10 @@
 """The producer's sender thread never dies silently: one unencodable value, a thread killed on
-purpose once, a thread that keeps dying, and a producer that neither Redis nor its journal takes.
+purpose once (holding records, or after its append reached Redis), a thread that keeps dying, and
+a producer that neither Redis nor its journal takes.
 
-Every record is accounted for by its identity (producer id, sequence number): in the stream, in
-the journal, or, for the one unencodable record, in ``dead_letters`` with its reason.
+Every record is accounted for by its identity (producer id, sequence number): in a record batch
+of the stream, in the journal, or, for the one unencodable record, a reject in its batch and in
+``dead_letters`` with its reason.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from common import faults, schema
-from common.codec import decode
+from common.codec import decode_entry
 from common.embedded_redis import free_port
-from common.errors import RecordError, SenderFailed
+from common.errors import SenderFailed
 from common.journal import read_journal, replay_journal
 from common.keys import Keys
+from common.layouts import STANDALONE, layout_named
+from common.rows import RowMaker
+from common.stream_append import RECORDS_ADDED_FIELD
 from producer import StreamProducer
 from tests.helpers import wait_for
 from tests.integration.test_roundtrip import drain_with_worker
@@ -34,16 +39,24 @@ def log_actions(producer: StreamProducer, steps: range) -> None:
                      details={"step": step})
 
 
-def stream_records(client, keys: Keys, simulation_id: str) -> tuple[dict[int, object], dict[int, str]]:
-    """Every entry of the stream decoded: {seq: record}, and {seq: reason} for those that fail."""
+def entry_records(payload: bytes, simulation_id: str) -> tuple[dict[int, tuple], dict[int, str]]:
+    """One entry decoded: {seq: (kind, row)} in sequence order, and {seq: reason} for its rejects."""
+    entry = decode_entry(payload, simulation_id, RowMaker(layout_named(STANDALONE)))
+    rows = {entry.first_seq + offset: (kind, row) for kind, offsets, laid in entry.groups
+            for offset, row in zip(offsets, laid)}
+    assert len(rows) + len(entry.rejects) == entry.records
+    return dict(sorted(rows.items())), {entry.first_seq + offset: reason for offset, reason in entry.rejects}
+
+
+def stream_records(client, keys: Keys, simulation_id: str) -> tuple[dict[int, tuple], dict[int, str]]:
+    """Every record of the stream, in stream order: {seq: (kind, row)}, and {seq: reason} for rejects."""
     records, failures = {}, {}
     for _, fields in client.xrange(keys.stream(simulation_id)):
-        try:
-            record = decode(fields[b"r"])
-            assert record.seq not in records, f"record {record.seq} is in the stream twice"
-            records[record.seq] = record
-        except RecordError as exc:
-            failures[int(str(exc).split(":")[1].split()[0])] = str(exc)
+        rows, rejects = entry_records(fields[b"r"], simulation_id)
+        for seq in [*rows, *rejects]:
+            assert seq not in records and seq not in failures, f"record {seq} is in the stream twice"
+        records.update(rows)
+        failures.update(rejects)
     return records, failures
 
 
@@ -90,14 +103,16 @@ def test_a_value_nested_3000_deep_is_dead_lettered_alone_and_every_valid_record_
     assert sorted(steps) == list(range(1, 1001))
     [(error, raw)] = letters
     assert "RecursionError" in error and "could not be encoded" in error
-    assert decode_failure(raw) == failures[deep_seq]
+    assert decode_failure(raw, simulation_id) == (deep_seq, failures[deep_seq])
     assert worker.stats.dead_lettered == 1
 
 
-def decode_failure(raw: bytes) -> str:
-    with pytest.raises(RecordError) as caught:
-        decode(raw)
-    return str(caught.value)
+def decode_failure(raw: bytes, simulation_id: str) -> tuple[int, str]:
+    """A dead letter's payload: (seq, reason) of the one rejected record it holds."""
+    rows, rejects = entry_records(raw, simulation_id)
+    assert not rows
+    [(seq, reason)] = rejects.items()
+    return seq, reason
 
 
 def test_a_sender_killed_once_is_restarted_with_the_batch_it_held(redis_server, namespace, simulation_id,
@@ -118,6 +133,35 @@ def test_a_sender_killed_once_is_restarted_with_the_batch_it_held(redis_server, 
     assert not failures and list(records) == list(range(1, 1002))
     assert producer.close().all_in_redis
     assert not any((tmp_path / "journal").glob("*.journal"))
+
+
+def test_a_sender_killed_after_its_append_reached_redis_sends_it_again_and_nothing_is_added_twice(
+        redis_server, namespace, simulation_id, tmp_path, kill_thread, monkeypatch):
+    # Given: a producer whose sender only sends when asked (flush), and has sent its start record
+    client, keys = redis_server.client(), Keys(namespace)
+    producer = StreamProducer(simulation_id, redis_server.url, namespace=namespace, batch_size=1000,
+                              entry_records=25, flush_interval_s=30.0, journal_dir=str(tmp_path / "journal"))
+    assert producer.flush().all_in_redis
+    before = client.xrevrange(keys.stream(simulation_id), count=1)[0][0].decode()
+
+    # When: 100 records go in one pipeline, and the sender dies once its entries are in Redis,
+    # before it has noted them (as if the reply were lost)
+    kill_thread("sender_appended:1")
+    log_actions(producer, range(1, 101))
+    report = producer.flush()
+
+    # Then: the restarted thread sent them again; each record is in the stream once, counted once
+    assert producer.stats()["sender_restarts"] == 1 and producer.stats()["sender_failure"] is None
+    assert report.all_in_redis and report.logged == 101
+    records, failures = stream_records(client, keys, simulation_id)
+    assert not failures and list(records) == list(range(1, 102))
+    assert client.xlen(keys.stream(simulation_id)) == 1 + 4
+    assert client.hget(keys.meta(simulation_id), RECORDS_ADDED_FIELD) == b"101"
+    # ... and the producer knows the newest entry holding them (what wait_persisted waits for)
+    newest = client.xrevrange(keys.stream(simulation_id), count=1)[0][0].decode()
+    assert newest != before and producer._sender.last_entry_id == newest
+    monkeypatch.delenv(faults.KILL_THREAD_ENV)
+    assert producer.close().all_in_redis
 
 
 def test_a_sender_that_keeps_dying_makes_the_next_call_raise_and_leaves_its_records_in_the_journal(
@@ -158,8 +202,14 @@ def test_a_sender_that_keeps_dying_makes_the_next_call_raise_and_leaves_its_reco
 
 
 def journaled_seqs(journal) -> list[int]:
+    """The sequence numbers of every record in the journal, in order (each frame decoded whole)."""
     payloads, _ = read_journal(journal)
-    return [decode(payload).seq for payload in payloads]
+    seqs = []
+    for payload in payloads:
+        rows, rejects = entry_records(payload, "unused")
+        assert not rejects
+        seqs += rows
+    return seqs
 
 
 def test_log_raises_only_when_neither_redis_nor_the_journal_can_take_records(simulation_id, tmp_path):

@@ -78,3 +78,21 @@ def test_a_failure_counts_once_it_lasted_past_the_threshold_and_is_still_confirm
 ])
 def test_failing_verdicts_rank_above_stuck_which_they_explain(status, letters, failure, expected):
     assert verdict(status, letters, FAILING, failure) == expected
+
+
+def test_with_record_counts_the_backlog_is_in_records_and_stuck_is_judged_on_entries():
+    # a stream of record batches: 5,000 records added, 4,800 in acknowledged entries, 1 entry not yet delivered
+    batches = StreamStatus("sim", "s", exists=True, length=3, group_exists=True, lag=1, records_added=5_000,
+                           persisted=4_800, consumers=[{"name": "c0", "pending": 0, "idle_ms": 10}])
+    assert (batches.backlog, batches.backlog_entries) == (200, 1)
+    assert verdict(batches, 0, THRESHOLDS) == "lagging"  # 200 records > 100, though only one entry
+    # every entry acknowledged, yet records counted short (an entry trimmed before it was persisted
+    # counts none), and no consumer left: nothing waits for one, so it is not stuck
+    settled = StreamStatus("sim", "s", exists=True, length=3, group_exists=True, records_added=5_000,
+                           persisted=4_950)
+    assert settled.persisted_all and settled.backlog == 50 and verdict(settled, 0, THRESHOLDS) == "ok"
+
+
+def test_a_stream_without_record_counts_counts_its_entries_as_records():
+    older = StreamStatus("sim", "s", exists=True, length=7, group_exists=True, lag=4, pending=3)
+    assert older.records_added is None and older.backlog == older.backlog_entries == 7

@@ -23,7 +23,7 @@ def test_environment_configures_and_explicit_values_override(monkeypatch):
     monkeypatch.setenv("SIMSTREAM_DB_URL", "sqlite:///from-env.db")
     settings = ConsumerSettings.from_env(db_url="sqlite:///explicit.db", batch_size=None)
     assert settings.redis_url == "redis://10.0.0.9:7000/1"
-    assert settings.db_url == "sqlite:///explicit.db" and settings.batch_size == 1000
+    assert settings.db_url == "sqlite:///explicit.db" and settings.batch_size == ConsumerSettings.batch_size
 
 
 @pytest.mark.parametrize("url", ["http://localhost:6379", "localhost:6379", ""])
