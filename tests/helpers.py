@@ -6,6 +6,7 @@ import glob
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -146,3 +147,33 @@ def dead_letter_count(engine, simulation_id: str | None = None) -> int:
 
 def total_expected(expected: dict[str, Counter]) -> int:
     return sum(sum(c.values()) for c in expected.values())
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One record as it sits in a stream (either entry format): its kind, sequence number and
+    columns (its row, by column name)."""
+
+    kind: str
+    seq: int
+    fields: dict
+
+
+def stream_records(client, stream: str, simulation_id: str = "", layout: str = "standalone") -> list[StreamRecord]:
+    """Every record in ``stream``, in sequence order within each entry (entries in stream order)."""
+    from common.codec import decode_entry
+    from common.layouts import layout_named
+    from common.records import KINDS
+    from common.rows import RowMaker, row_columns
+
+    rows = RowMaker(layout_named(layout))
+    found = []
+    for _, fields in client.xrange(stream):
+        decoded = decode_entry(fields[b"r"], simulation_id, rows)
+        by_offset = {offset: (kind, dict(zip(row_columns(KINDS[kind]), row)))
+                     for kind, offsets, group_rows in decoded.groups for offset, row in zip(offsets, group_rows)}
+        for offset, _reason in decoded.rejects:
+            by_offset[offset] = (decoded._reject_items[offset][1], {}) if decoded._reject_items else ("?", {})
+        found += [StreamRecord(kind, decoded.first_seq + offset, columns)
+                  for offset, (kind, columns) in sorted(by_offset.items())]
+    return found

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from common import schema
 from common.keys import Keys
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, wait_for
+from tests.helpers import assert_rows_match, produce_workload, stream_records, wait_for
 from tests.proxy import ReplyDroppingProxy
 
 FAST = ("--block-ms", "100")
@@ -35,6 +35,11 @@ def quick_logger(url, namespace, simulation_id, tmp_path, **options) -> RedisBuf
     settings = {"batch_size": 300, "spill_after_s": 0.3, "journal_retry_interval_s": 0.2,
                 "journal_dir": str(tmp_path / "journal"), "close_timeout_s": 30.0, **options}
     return RedisBufferedDataLogger(simulation_id, url, namespace=namespace, **settings)
+
+
+def records_added(client, namespace, simulation_id) -> int:
+    """Records the stream took, each counted once (the append script's count)."""
+    return int(client.hget(Keys(namespace).meta(simulation_id), "records_added") or 0)
 
 
 def rows_in(engine, table) -> int:
@@ -84,11 +89,15 @@ def test_an_xadd_whose_reply_was_lost_is_retried_without_a_duplicate_row(
     proxy.drop_next_reply()
     more = produce_workload(logger, steps=3, agents=5, first_step=3)
     report = logger.close()
-    stream_length = redis_server.client().xlen(Keys(namespace).stream(simulation_id))
+    resent = logger.producer._sender.stats.failed_attempts
+    client = redis_server.client()
+    in_stream = stream_records(client, Keys(namespace).stream(simulation_id), simulation_id)
 
-    # Then: the stream holds copies, yet each row is written once
+    # Then: the append was sent again, yet the stream holds each record once, and each row is written once
     assert proxy.dropped == 1 and report.all_in_redis
-    assert stream_length > report.logged, "the lost reply caused no resend; the test proved nothing"
+    assert resent >= 1, "the lost reply caused no resend; the test proved nothing"
+    assert sorted(record.seq for record in in_stream) == list(range(1, report.logged + 1))
+    assert records_added(client, namespace, simulation_id) == report.logged
     assert cli.run("consume", "--drain", *FAST).returncode == 0
     assert_rows_match(sink_engine, simulation_id, merge(expected, more))
     proxy.close()
@@ -142,7 +151,8 @@ def test_backpressure_spills_to_the_journal_instead_of_growing_redis(
 
     # Then: Redis holds about the mark (plus one batch), the rest waits in the journal, nothing trimmed
     assert report.journaled > 0 and report.nothing_lost
-    assert client.xlen(stream) <= 500 + 300 and client.xlen(stream) + report.journaled == report.logged
+    in_redis = records_added(client, namespace, simulation_id)
+    assert in_redis <= 500 + 300 and in_redis + report.journaled == report.logged
 
     # When: consumers start and catch up
     consumers = cli.start("consume", *FAST)
@@ -165,7 +175,7 @@ def test_backpressure_slow_throttles_the_simulation_and_keeps_every_record(redis
     assert logger.producer._sender.throttle  # the simulation is being slowed
     report = logger.close()
     assert report.all_in_redis and report.journaled == 0
-    assert redis_server.client().xlen(Keys(namespace).stream(simulation_id)) == report.logged
+    assert records_added(redis_server.client(), namespace, simulation_id) == report.logged
 
 
 def test_a_locked_sqlite_database_delays_but_loses_and_doubles_nothing(
@@ -200,7 +210,7 @@ def test_redis_connections_cut_mid_batch_are_reopened_and_nothing_is_lost(
     logger = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
     expected = produce_workload(logger, steps=200, agents=20)
     logger.close()
-    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "100", *FAST)
+    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "2", *FAST)
 
     # When: every client connection is killed again and again while they work
     client = redis_server.client()
@@ -284,7 +294,7 @@ def test_a_journal_replay_killed_half_way_is_sent_again_without_a_duplicate_row(
     # When: the replay is SIGKILLed right after its first batch reached Redis, then run again
     killed = cli.run("replay-journal", journals, "--batch-size", "300",
                      extra_env={"SIMSTREAM_TEST_CRASH": "journal_mid_replay:1"})
-    stream_after_kill = redis_server.client().xlen(Keys(namespace).stream(simulation_id))
+    stream_after_kill = records_added(redis_server.client(), namespace, simulation_id)
     again = cli.run("replay-journal", journals)
 
     # Then: the kill left the journal and part of it in Redis; the second replay sent all of it,

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from common import schema
-from common.codec import decode
 from common.settings import ConsumerSettings
 from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
+from tests.helpers import stream_records as records_in_stream
 
 AGENT_COLUMNS = {"birth_time": 0, "agent_type": "system", "position_x": 1.0, "position_y": 2.0,
                  "initial_resources": 5.0, "starting_health": 10.0, "genome_id": "g1", "generation": 1,
@@ -91,9 +91,10 @@ def test_agent_row_then_death_gives_the_same_row(redis_server, sqlite_url, sink_
 
 def stream_records(redis_server, namespace, simulation_id):
     client = redis_server.client()
-    entries = client.xrange(f"{namespace}:{{{simulation_id}}}:stream")
-    client.close()
-    return [decode(fields[b"r"]) for _, fields in entries]
+    try:
+        return records_in_stream(client, f"{namespace}:{{{simulation_id}}}:stream", simulation_id)
+    finally:
+        client.close()
 
 
 def test_discard_pending_agents_drops_pending_actions_and_retracts_the_agents(
@@ -122,8 +123,8 @@ def test_discard_pending_agents_drops_pending_actions_and_retracts_the_agents(
     # what had left before the rollback (a3's first action, the states) is kept, as the reference
     # keeps what it had flushed; sequence numbers stay gapless
     records = stream_records(redis_server, namespace, simulation_id)
-    assert [r.fields["agent_id"] for r in records if r.kind.name == "agent"] == ["a1", "a3"]
-    assert sorted(r.fields["agent_id"] for r in records if r.kind.name == "agent_retraction") == ["a2", "a3", "nobody"]
+    assert [r.fields["agent_id"] for r in records if r.kind == "agent"] == ["a1", "a3"]
+    assert sorted(r.fields["agent_id"] for r in records if r.kind == "agent_retraction") == ["a2", "a3", "nobody"]
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
     drain(redis_server.url, sqlite_url, namespace, slot=0)
     assert [a["agent_id"] for a in rows(sink_engine, schema.agents, simulation_id)] == ["a1"]

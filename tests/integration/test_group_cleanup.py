@@ -65,7 +65,7 @@ def test_a_dead_consumers_name_disappears_after_its_entries_are_claimed_and_not_
     # Given: a consumer that took entries of a running simulation and died without acknowledging
     client = redis_server.client()
     stream = Keys(namespace).stream(simulation_id)
-    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
+    logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, entry_records=2)
     expected = produce_workload(logger, steps=3, agents=2)
     logger.flush_all_buffers()
     client.xgroup_create(stream, GROUP, id="0")

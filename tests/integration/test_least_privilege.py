@@ -18,7 +18,7 @@ from common.errors import PersistTimeout
 from common.settings import DEFAULT_NAMESPACE
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
-from tests.helpers import assert_rows_match, produce_workload
+from tests.helpers import stream_records, assert_rows_match, produce_workload
 from tests.secure_redis import AclUser, SecuredRedis, leaks, new_password
 
 pytestmark = pytest.mark.timeout(120)
@@ -102,7 +102,8 @@ def test_producer_writes_but_cannot_read_or_remove_and_consumers_work(acl_server
     assert report.all_in_redis and report.complete, report
     stream = f"{NAMESPACE}:{{{simulation_id}}}:stream"
     length = admin.xlen(stream)
-    assert length == report.logged
+    assert int(admin.hget(f"{NAMESPACE}:{{{simulation_id}}}:meta", "records_added")) == report.logged
+    assert len(stream_records(admin, stream, simulation_id)) == report.logged
     first_id = admin.xrange(stream, count=1)[0][0].decode()
     assert_producer_cannot_read_or_remove(redis.Redis.from_url(producer_url), stream, first_id)
     assert admin.xlen(stream) == length
