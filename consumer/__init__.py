@@ -1,7 +1,7 @@
 """The SQL side of simstream: consumer workers, their supervisor, the sink, and the CLI."""
 
-from consumer.health import HealthThresholds, verdict
-from consumer.inspect import StreamStatus, all_statuses, stream_status
+from consumer.ops.health import HealthThresholds, verdict
+from consumer.stream_status import StreamStatus, all_statuses, stream_status
 from consumer.sink import Sink, WriteResult
 from consumer.sink_pool import SinkPool
 from consumer.supervisor import Supervisor

@@ -1,5 +1,5 @@
 """``python -m consumer`` is the ``simstream`` command."""
 
-from consumer.cli import main
+from consumer.ops.cli import main
 
 main()

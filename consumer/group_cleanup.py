@@ -18,7 +18,7 @@ import logging
 
 import redis
 
-from consumer.inspect import text_dict
+from consumer.stream_status import text_dict
 
 log = logging.getLogger(__name__)
 

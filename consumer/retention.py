@@ -17,7 +17,7 @@ import logging
 import redis
 
 from common.keys import Keys
-from consumer.inspect import entry_id_tuple, text_dict
+from consumer.stream_status import entry_id_tuple, text_dict
 
 log = logging.getLogger(__name__)
 

@@ -132,8 +132,8 @@ class Supervisor:
 
     def _start_observers(self, metrics_dir: MetricsDir) -> list:
         """Metrics endpoint and drain progress; returns their stop functions."""
-        from consumer.metrics_server import start_metrics_endpoint
-        from consumer.progress import start_drain_progress
+        from consumer.ops.metrics_server import start_metrics_endpoint
+        from consumer.ops.progress import start_drain_progress
 
         stops = []
         if self.metrics_port is not None:

@@ -46,7 +46,7 @@ from common.retry import backoff_s, jittered_backoff
 from common.settings import ConsumerSettings
 from consumer.failures import REDIS, SINK, FailureTracker
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
-from consumer.inspect import simulation_ids, stream_status, text_dict
+from consumer.stream_status import simulation_ids, stream_status, text_dict
 from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
 from consumer.sink import DeadLetter

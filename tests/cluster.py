@@ -18,7 +18,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from common.embedded_redis import EmbeddedRedis
+from consumer.ops.embedded_redis import EmbeddedRedis
 
 SLOTS = 16384
 _BUS_PORT_OFFSET = 10_000  # Redis 6.2 has no --cluster-port: the bus listens on port + 10000

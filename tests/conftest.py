@@ -25,7 +25,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
-from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, newest_on_path, server_version
+from consumer.ops.embedded_redis import EmbeddedRedis, bundled_binary, free_port, newest_on_path, server_version
 from tests.cluster import RedisClusterServers
 from tests.containers import ContainerRedisServer, docker_answers
 from tests.helpers import PerSimulationEngines

@@ -13,7 +13,7 @@ import time
 
 import redis
 
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 
 REDIS_IMAGE = "redis:7.2"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 
 
 class ReplyDroppingProxy:

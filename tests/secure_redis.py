@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
-from common.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
+from consumer.ops.embedded_redis import EmbeddedRedis, bundled_binary, free_port, server_version
 
 
 def new_password() -> str:

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common.connections import create_sink_engine
-from common.embedded_redis import EmbeddedRedis, free_port
+from consumer.ops.embedded_redis import EmbeddedRedis, free_port
 from common.errors import SimstreamError
 from common.masking import mask_secrets
 from common.settings import ENV_DB_URL, ENV_REDIS_URL

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common.embedded_redis import EmbeddedRedis
+from consumer.ops.embedded_redis import EmbeddedRedis
 from common.workload import Mix
 
 

@@ -27,7 +27,7 @@ from consumer.bench.model import (ENV_BENCH_PG_URL, EXTRA_MEASUREMENTS, BenchCon
                                   Measurement, Row)
 from consumer.bench.report import write_report
 from consumer.bench.verdicts import apply_ratios, ratio, targets
-from consumer.recent_state_bench import measure_recent_state_reads
+from consumer.bench.recent_state import measure_recent_state_reads
 
 E2E_PACE_SHARE = 0.5
 """End to end paces the producer at this share of the measured consumer throughput."""

@@ -34,7 +34,7 @@ from common.workload import Mix
 from consumer.bench.environment import (BenchError, WaitingProducer, consumer_processes, group_progress,
                                         poll_until, run_producer, wait_exit)
 from consumer.bench.model import BenchContext, DatabaseFactory
-from consumer.inspect import entry_id_tuple
+from consumer.stream_status import entry_id_tuple
 
 _POLL_S = 0.005
 _RUN_TIMEOUT_S = 900.0

@@ -26,7 +26,7 @@ import redis
 from sqlalchemy import create_engine
 
 from common.connections import create_sink_engine, ensure_schema
-from common.embedded_redis import server_version
+from consumer.ops.embedded_redis import server_version
 from common.keys import Keys
 from producer import RedisBufferedDataLogger
 from tests.cluster import RedisClusterServers

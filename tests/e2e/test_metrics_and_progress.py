@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from common import schema
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 from common.keys import Keys
 from consumer.worker import consumer_name
 from producer import RedisBufferedDataLogger

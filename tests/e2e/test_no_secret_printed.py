@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 from producer import RedisBufferedDataLogger, StreamProducer
 from tests.conftest import REDIS_BINARIES
 from tests.helpers import assert_rows_match, produce_workload, wait_for

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 from consumer.worker import consumer_name
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli

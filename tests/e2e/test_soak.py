@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from common.keys import Keys
-from consumer.inspect import stream_status
+from consumer.stream_status import stream_status
 from producer import RedisBufferedDataLogger
 from tests.e2e.test_crash_and_replay import worker_pids
 from tests.helpers import assert_rows_match, produce_workload, total_expected, wait_for

@@ -12,12 +12,12 @@ import textwrap
 import psutil
 import redis
 
-from common.embedded_redis import EmbeddedRedis, free_port
+from consumer.ops.embedded_redis import EmbeddedRedis, free_port
 from tests.helpers import wait_for
 
 OWNER = textwrap.dedent("""
     import sys, time
-    from common.embedded_redis import EmbeddedRedis
+    from consumer.ops.embedded_redis import EmbeddedRedis
     server = EmbeddedRedis(sys.argv[1], binary=sys.argv[2]).start()
     print(server.process.pid, server.url, flush=True)
     time.sleep(300)

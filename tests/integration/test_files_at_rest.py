@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from common.embedded_redis import EmbeddedRedis, free_port
+from consumer.ops.embedded_redis import EmbeddedRedis, free_port
 from producer import StreamProducer
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,7 @@ from common.codec import make_encoder
 from common.heartbeat import HEARTBEAT_FIELD, server_time_ms
 from common.journal import Journal, journal_path, replay_journal
 from common.keys import Keys
-from consumer.inspect import stream_status
+from consumer.stream_status import stream_status
 from producer import StreamProducer
 from tests.helpers import wait_for
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 from common.journal import journals_for
 from common.keys import Keys
 from producer import StreamProducer

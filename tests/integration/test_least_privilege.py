@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from common import RecentStates
-from common.embedded_redis import server_version
+from consumer.ops.embedded_redis import server_version
 from common.errors import PersistTimeout
 from common.settings import DEFAULT_NAMESPACE
 from producer import RedisBufferedDataLogger

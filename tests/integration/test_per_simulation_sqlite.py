@@ -90,7 +90,7 @@ def test_status_counts_dead_letters_across_per_simulation_files(template, tmp_pa
 
     from common import schema
     from common.connections import create_sink_engine, ensure_schema, simulation_db_url
-    from consumer.health import dead_letter_counts
+    from consumer.ops.health import dead_letter_counts
 
     for simulation_id, letters in (("sim-a", 2), ("sim-b", 0)):
         engine = create_sink_engine(simulation_db_url(template, simulation_id))

@@ -11,8 +11,8 @@ from common import schema
 from common.codec import RECORD_FORMAT, describe
 from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
-from consumer.cli import cli
-from consumer.dead_letters import list_dead_letters, purge_dead_letters, retry_dead_letters
+from consumer.ops.cli import cli
+from consumer.ops.dead_letters import list_dead_letters, purge_dead_letters, retry_dead_letters
 from producer import RedisBufferedDataLogger
 from tests.helpers import assert_rows_match, produce_workload
 from tests.integration.test_roundtrip import drain_with_worker

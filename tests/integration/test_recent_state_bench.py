@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.recent_state_bench import measure_recent_state_reads
+from consumer.bench.recent_state import measure_recent_state_reads
 
 
 def test_the_measurement_returns_positive_rates_and_latencies_and_leaves_no_keys(redis_server):

@@ -35,8 +35,8 @@ from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE, layout_named
 from common.records import KINDS
 from common.rows import RowMaker, row_columns
 from common.stream_append import ACKED_FIELD_PREFIX, RECORDS_ADDED_FIELD, append_entries
-from consumer.dead_letters import retry_dead_letters
-from consumer.inspect import stream_status, text_dict
+from consumer.ops.dead_letters import retry_dead_letters
+from consumer.stream_status import stream_status, text_dict
 from producer import StreamProducer
 from tests.helpers import wait_for
 from tests.integration.test_read_your_writes import running_worker

@@ -10,8 +10,8 @@ from redis.cluster import RedisCluster
 
 from common.connections import redis_client
 from common.keys import Keys
-from consumer.health import HealthThresholds
-from consumer.status_view import status_report
+from consumer.ops.health import HealthThresholds
+from consumer.ops.status_view import status_report
 from consumer.stream_reader import StreamReader
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli

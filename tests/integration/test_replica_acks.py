@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from common.embedded_redis import EmbeddedRedis, free_port
+from consumer.ops.embedded_redis import EmbeddedRedis, free_port
 from common.codec import describe
 from common.errors import ConfigurationError
 from common.journal import read_journal

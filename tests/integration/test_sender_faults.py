@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from common import faults, schema
 from common.codec import decode_entry
-from common.embedded_redis import free_port
+from consumer.ops.embedded_redis import free_port
 from common.errors import SenderFailed
 from common.journal import read_journal, replay_journal
 from common.keys import Keys

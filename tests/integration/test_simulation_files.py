@@ -7,9 +7,9 @@ import sqlite3
 import threading
 
 from common.settings import ConsumerSettings
-from consumer.inspect import stream_status
+from consumer.stream_status import stream_status
 from common.keys import Keys
-from consumer.health import SINK_UNUSABLE, HealthThresholds, verdict
+from consumer.ops.health import SINK_UNUSABLE, HealthThresholds, verdict
 from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
 from tests.helpers import wait_for

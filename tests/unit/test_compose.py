@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from consumer import supervisor
-from consumer.cli import cli
+from consumer.ops.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL_KEYS = {"version", "name", "services", "networks", "volumes", "configs", "secrets", "include"}

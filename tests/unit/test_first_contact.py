@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from common.codec import decode
 from common.connections import check_sink_template, create_sink_engine
-from common.embedded_redis import bundled_binary, find_binary, server_version
+from consumer.ops.embedded_redis import bundled_binary, find_binary, server_version
 from common.errors import ConfigurationError, RecordError
 from common.settings import ConsumerSettings, validate_db_url, validate_redis_url
-from consumer.cli import cli
+from consumer.ops.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_the_bench_writes_into_a_folder_git_ignores():
 
 
 def test_the_newest_redis_server_on_path_wins_over_the_venvs_bundled_copy(tmp_path, monkeypatch):
-    from common.embedded_redis import newest_on_path
+    from consumer.ops.embedded_redis import newest_on_path
 
     bundled, system = bundled_binary(), newest_on_path()
     if not bundled or not system or server_version(system) <= server_version(bundled):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from consumer.failures import Failure
-from consumer.health import HealthThresholds, current_failure, dead_letter_counts, verdict
-from consumer.inspect import StreamStatus
+from consumer.ops.health import HealthThresholds, current_failure, dead_letter_counts, verdict
+from consumer.stream_status import StreamStatus
 
 THRESHOLDS = HealthThresholds(lag_threshold=100, stuck_after_ms=1_000, claim_idle_ms=5_000)
 

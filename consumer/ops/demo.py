@@ -23,13 +23,13 @@ from sqlalchemy import func, select
 
 from common import schema
 from common.connections import check_redis, create_sink_engine, ensure_schema, redis_client
-from common.embedded_redis import EmbeddedRedis
+from consumer.ops.embedded_redis import EmbeddedRedis
 from common.errors import ExitCode, RedisUnavailable
 from common.keys import Keys
 from common.masking import mask_secrets
 from common.settings import (DEFAULT_GROUP, DEFAULT_REDIS_URL, ENV_DB_URL, ENV_NAMESPACE, ENV_REDIS_CA_CERTS,
                              ENV_REDIS_URL, redis_url_with_ca)
-from consumer.progress import DrainProgress, ProgressDisplay
+from consumer.ops.progress import DrainProgress, ProgressDisplay
 
 _TIMEOUT_S = 900.0
 

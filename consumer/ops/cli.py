@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.connections import (check_redis, check_sink_template, create_sink_engine, ensure_schema, redis_client,
                                 simulation_db_url)
-from common.embedded_redis import EmbeddedRedis
+from consumer.ops.embedded_redis import EmbeddedRedis
 from common.errors import ConfigurationError, ExitCode, SimstreamError
 from common.failover import REDIS_ERRORS
 from common.keys import Keys
@@ -178,8 +178,8 @@ def status(redis_url, redis_ca_certs, namespace, group, db, as_json, watch_s, la
     persisted, lag, pending, consumers, dead letters, and a health verdict: ok, lagging, stuck,
     dead-letters, sink-unusable, sink-failing or redis-failing (see the README).
     """
-    from consumer.health import HealthThresholds
-    from consumer.status_view import print_report, status_report, watch
+    from consumer.ops.health import HealthThresholds
+    from consumer.ops.status_view import print_report, status_report, watch
 
     settings = ConsumerSettings.from_env(redis_url=redis_url, redis_ca_certs=redis_ca_certs, namespace=namespace,
                                          group=group)
@@ -210,7 +210,7 @@ def status(redis_url, redis_ca_certs, namespace, group, db, as_json, watch_s, la
 @_log_options
 def demo(agents, steps, consumers, db, redis_url, redis_ca_certs, embedded_redis, log_level, log_json) -> None:
     """Run a synthetic simulation through Redis into SQL and check every table matches."""
-    from consumer.demo import run_demo
+    from consumer.ops.demo import run_demo
 
     configure_logging("WARNING" if log_level.upper() == "INFO" else log_level, log_json)
     sys.exit(int(run_demo(agents=agents, steps=steps, consumers=consumers, db_url=normalize_db_url(db),
@@ -272,7 +272,7 @@ def _sink_engine(db, simulation=None):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def dlq_list(db, simulation, limit, as_json) -> None:
     """List dead letters, newest first, with the reason each was rejected."""
-    from consumer.dead_letters import list_dead_letters
+    from consumer.ops.dead_letters import list_dead_letters
 
     letters = list_dead_letters(_sink_engine(db, simulation), simulation, limit)
     if as_json:
@@ -293,7 +293,7 @@ def dlq_list(db, simulation, limit, as_json) -> None:
 @click.option("--id", "ids", multiple=True, type=int, help="Only these dead letters (repeatable).")
 def dlq_retry(db, redis_url, redis_ca_certs, namespace, simulation, ids) -> None:
     """Put dead letters back into their streams for the consumers to try again."""
-    from consumer.dead_letters import retry_dead_letters
+    from consumer.ops.dead_letters import retry_dead_letters
 
     settings = ConsumerSettings.from_env(redis_url=redis_url, redis_ca_certs=redis_ca_certs, namespace=namespace)
     client = redis_client(settings.redis_url)
@@ -309,7 +309,7 @@ def dlq_retry(db, redis_url, redis_ca_certs, namespace, simulation, ids) -> None
 @click.option("--yes", is_flag=True, required=True, help="Confirm: dead letters are deleted for good.")
 def dlq_purge(db, simulation, ids, yes) -> None:
     """Delete dead letters for good."""
-    from consumer.dead_letters import purge_dead_letters
+    from consumer.ops.dead_letters import purge_dead_letters
 
     click.echo(f"purged: {purge_dead_letters(_sink_engine(db, simulation), simulation, tuple(ids))}")
 

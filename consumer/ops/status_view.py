@@ -22,8 +22,8 @@ from rich.text import Text
 
 from common.keys import Keys
 from consumer.failures import Failure, read_failures
-from consumer.health import HealthThresholds, current_failure, dead_letter_counts, verdict
-from consumer.inspect import StreamStatus, all_statuses
+from consumer.ops.health import HealthThresholds, current_failure, dead_letter_counts, verdict
+from consumer.stream_status import StreamStatus, all_statuses
 
 _PLAIN_WIDTH = 200  # not a terminal (a file, a pipe): room for every column rather than 80
 _STATE_STYLE = {"abandoned": "yellow"}

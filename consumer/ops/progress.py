@@ -10,7 +10,7 @@ from typing import Callable
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from consumer.inspect import all_statuses
+from consumer.stream_status import all_statuses
 
 _PLAIN_INTERVAL_S = 2.0
 
@@ -76,7 +76,7 @@ class DrainProgress:
     from Redis by the supervisor (not from the workers) every ``interval_s`` in a daemon thread.
 
     A simulation removed from Redis once finished counts as fully persisted. Persisted counts the
-    records in acknowledged entries (``StreamStatus.persisted``, see :mod:`consumer.inspect`), so a
+    records in acknowledged entries (``StreamStatus.persisted``, see :mod:`consumer.stream_status`), so a
     dead letter counts as done; a stream of producers before record batches counts its entries.
     """
 

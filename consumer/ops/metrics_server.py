@@ -27,8 +27,8 @@ from common.errors import ConfigurationError
 from common.keys import Keys
 from common.settings import ConsumerSettings
 from consumer.failures import Failure, read_failures
-from consumer.health import VERDICTS, HealthThresholds, current_failure, dead_letter_counts, verdict
-from consumer.inspect import StreamStatus, all_statuses
+from consumer.ops.health import VERDICTS, HealthThresholds, current_failure, dead_letter_counts, verdict
+from consumer.stream_status import StreamStatus, all_statuses
 
 log = logging.getLogger(__name__)
 

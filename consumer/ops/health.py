@@ -4,7 +4,7 @@ A stream's *backlog* is what its group still has to persist, in records (records
 records in acknowledged entries; for a stream of producers before record batches, entries not yet
 delivered (lag) plus entries delivered and not acknowledged (pending), one record each). Whether
 there is any backlog at all is judged on those entries, which Redis counts exactly (see
-:class:`~consumer.inspect.StreamStatus`). A consumer is *active* when Redis saw it
+:class:`~consumer.stream_status.StreamStatus`). A consumer is *active* when Redis saw it
 within ``stuck_after_ms`` (its XINFO CONSUMERS idle time); a live worker is seen at least every
 ``block_ms``. The verdict is the first of these that holds:
 
@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from common import schema
 from common.settings import DEFAULT_ABANDONED_AFTER_S, SIMULATION_ID_PLACEHOLDER, is_per_simulation
 from consumer.failures import REDIS, SINK, Failure
-from consumer.inspect import StreamStatus
+from consumer.stream_status import StreamStatus
 
 log = logging.getLogger(__name__)
 
