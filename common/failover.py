@@ -24,6 +24,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 
 from common.errors import ConfigurationError
+from common.events import event
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def refresh_slots(client: redis.Redis | RedisCluster) -> bool:
         client.nodes_manager.initialize()
         return True
     except (RedisClusterException, redis.RedisError) as exc:
-        log.debug("redis.slot_refresh_failed error=%s", exc)
+        event(log, logging.DEBUG, "redis.slot_refresh_failed", error=exc)
         return False
 
 

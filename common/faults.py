@@ -37,6 +37,8 @@ import signal
 from pathlib import Path
 from typing import Callable, Iterable
 
+from common.replies import text
+
 CRASH_ENV = "SIMSTREAM_TEST_CRASH"
 CRASH_SLOT_ENV = "SIMSTREAM_TEST_CRASH_SLOT"
 CRASH_ONCE_FILE_ENV = "SIMSTREAM_TEST_CRASH_ONCE_FILE"
@@ -76,7 +78,7 @@ def checkpoint(point: str, slot: int, held: Callable[[], Iterable[bytes | str]] 
     if _counts[point] >= armed[1]:
         once_file = os.environ.get(CRASH_ONCE_FILE_ENV)
         if once_file:
-            ids = [i.decode() if isinstance(i, bytes) else i for i in (held() if held else ())]
+            ids = [text(i) for i in (held() if held else ())]
             Path(f"{once_file}.tmp").write_text("\n".join([f"{slot} {os.getpid()}", *ids]))
             os.replace(f"{once_file}.tmp", once_file)  # whoever sees the file can read it whole
         os.kill(os.getpid(), signal.SIGKILL)

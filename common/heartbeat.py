@@ -13,25 +13,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.replies import text
+from common.scripts import LuaScript
+
 HEARTBEAT_FIELD = "heartbeat"
 
 NOW_MS_LUA = "local t = redis.call('TIME') local now = t[1] .. string.format('%03d', math.floor(t[2] / 1000)) "
 """Lua that sets ``now`` to the server's time in whole milliseconds, as a decimal string (Lua
 numbers are doubles: concatenating the seconds and the milliseconds avoids any exponent format)."""
-TOUCH_SCRIPT = NOW_MS_LUA + f"redis.call('HSET', KEYS[1], '{HEARTBEAT_FIELD}', now) return now"
-"""EVAL with the meta key: set the heartbeat to the server's time now; returns it."""
-_NOW_SCRIPT = NOW_MS_LUA + "return now"
+TOUCH_SCRIPT = LuaScript(NOW_MS_LUA + f"redis.call('HSET', KEYS[1], '{HEARTBEAT_FIELD}', now) return now")
+"""Run with the meta key: set the heartbeat to the server's time now; returns it."""
+_NOW_SCRIPT = LuaScript(NOW_MS_LUA + "return now")
 
 
 def touch_command(meta_key: str) -> tuple[Any, ...]:
     """The command refreshing a simulation's heartbeat, for ``execute_command`` or a pipeline."""
-    return ("EVAL", TOUCH_SCRIPT, 1, meta_key)
+    return TOUCH_SCRIPT.command([meta_key])
 
 
 def server_time_ms(client: Any, meta_key: str) -> int:
     """The server's time in ms, asked of the node owning ``meta_key`` (the clock heartbeats use)."""
-    now = client.execute_command("EVAL", _NOW_SCRIPT, 1, meta_key)
-    return int(now.decode() if isinstance(now, bytes) else now)
+    return int(text(_NOW_SCRIPT.run(client, [meta_key])))
 
 
 def producer_idle_ms(meta: dict[str, Any], last_entry_id: str | None, now_ms: int) -> int | None:

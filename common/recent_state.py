@@ -15,6 +15,7 @@ import redis
 from sqlalchemy import Engine, select
 
 from common import schema
+from common.scripts import LuaScript
 from common.settings import DEFAULT_NAMESPACE
 from common.tiers import STATE_COLUMNS, RedisIMConfig, RedisSTMConfig, TierKeys, unpack_entry
 
@@ -22,7 +23,7 @@ __all__ = ["RecentStates", "RedisIMConfig", "RedisSTMConfig"]
 
 # KEYS: stm entries, stm timeline, im entries, im timeline. ARGV[1]: how many steps.
 # One script, so a concurrent STM->IM move can neither hide a step nor show it twice.
-_RECENT_SCRIPT = """
+_RECENT_SCRIPT = LuaScript("""
 local function hmget(key, fields)
   local values = {}
   for i = 1, #fields, 500 do
@@ -42,7 +43,7 @@ if #stm_steps < n then
   im_values = hmget(KEYS[3], im_steps)
 end
 return {stm_steps, stm_values, im_steps, im_values}
-"""
+""")
 
 _SQL_COLUMNS = [schema.agent_states.c[name] for name in STATE_COLUMNS]
 
@@ -61,7 +62,6 @@ class RecentStates:
         self.client = client
         self.keys = TierKeys(namespace, stm or RedisSTMConfig(), im or RedisIMConfig())
         self.engine = engine
-        self._recent = client.register_script(_RECENT_SCRIPT)
 
     def recent_states(self, simulation_id: str, agent_id: str, n: int) -> list[dict[str, Any]]:
         """The agent's ``n`` latest states, newest first: the short-term tier's, then the
@@ -75,8 +75,8 @@ class RecentStates:
             return []
         stm_hash, _, stm_timeline = self.keys.stm_keys(simulation_id, agent_id)
         im_hash, im_timeline = self.keys.im_keys(simulation_id, agent_id)
-        stm_steps, stm_values, im_steps, im_values = self._recent(
-            keys=[stm_hash, stm_timeline, im_hash, im_timeline], args=[n])
+        stm_steps, stm_values, im_steps, im_values = _RECENT_SCRIPT.run(
+            self.client, [stm_hash, stm_timeline, im_hash, im_timeline], [n])
         if not stm_steps or None in stm_values or None in im_values:
             return self._sql_recent(simulation_id, agent_id, n, None) if self.engine is not None else []
         found = [unpack_entry(value) for value in stm_values]

@@ -9,6 +9,7 @@ policy                 first wait   longest    gives up
 ``WORKER_RECOVERY``    0.1 s        5 s        never: a worker waits for Redis as long as it runs
 ``STREAM_SET_ASIDE``   0.1 s        5 s        never: one cluster master's stream, retried alone
 ``SUPERVISOR_RESTART`` 0.1 s        10 s       never: a crash loop slows down, a stable run resets it
+``PERSISTED_POLL``     0.01 s       0.25 s     the caller's ``wait_persisted`` timeout
 =====================  ===========  =========  =================================================
 
 Each wait is about ``first * 2 ** (attempt - 1)``, capped, plus up to ``first`` of random jitter,
@@ -64,13 +65,6 @@ SENDER_RESTART = RetryPolicy("sender-restart", first_s=0.05, max_s=2.0)
 WORKER_RECOVERY = RetryPolicy("worker-recovery", first_s=0.1, max_s=5.0)
 STREAM_SET_ASIDE = RetryPolicy("stream-set-aside", first_s=0.1, max_s=5.0)
 SUPERVISOR_RESTART = RetryPolicy("supervisor-restart", first_s=0.1, max_s=10.0)
+PERSISTED_POLL = RetryPolicy("persisted-poll", first_s=0.01, max_s=0.25)
+"""Not a retry of a failure: how often ``wait_persisted`` asks whether the consumers are done."""
 
-
-def jittered_backoff(first_s: float = 0.05, max_s: float = 2.0) -> wait_base:
-    """The wait of an unnamed policy (tests and the bench); prefer the named ones above."""
-    return RetryPolicy("custom", first_s, max_s).wait()
-
-
-def backoff_s(attempt: int, first_s: float = 0.05, max_s: float = 2.0) -> float:
-    """:meth:`RetryPolicy.pause_s` of an unnamed policy; prefer the named ones above."""
-    return RetryPolicy("custom", first_s, max_s).pause_s(attempt)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from common.agentfarm_schema import KEYED_TABLES as AGENTFARM_KEYED_TABLES
 from common.errors import ConfigurationError, DatabaseUnavailable
+from common.events import event
 from common.layouts import AGENTFARM, STANDALONE, layout_named
 from common.masking import mask_secrets
 from common.schema import dead_letters
@@ -108,7 +109,7 @@ def _upgrade_dead_letters(connection: Connection) -> None:
     """
     if "entry_index" in {column["name"] for column in inspect(connection).get_columns("dead_letters")}:
         return
-    log.info("schema.upgraded table=dead_letters column=entry_index")
+    event(log, logging.INFO, "schema.upgraded", table="dead_letters", column="entry_index")
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("ALTER TABLE dead_letters ADD COLUMN entry_index INTEGER NOT NULL DEFAULT 0")
         connection.exec_driver_sql("ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS uq_dead_letters_entry")

@@ -32,6 +32,8 @@ from common.codec import ENTRY_FIELD, EncodedBatch
 from common.failover import confirm_replicas, slot_client
 from common.heartbeat import HEARTBEAT_FIELD, NOW_MS_LUA
 from common.keys import Keys
+from common.replies import text
+from common.scripts import LuaScript
 from common.layouts import META_FIELD as LAYOUT_FIELD
 
 RECORDS_ADDED_FIELD = "records_added"
@@ -42,7 +44,7 @@ LAST_ENTRY_FIELD_PREFIX = "entry:"
 """Meta hash field prefix: the id of the newest entry appended for a producer (``entry:<producer>``):
 what an append returns for copies it skipped (their own ids are older, never newer)."""
 
-APPEND_SCRIPT = (
+APPEND_SCRIPT = LuaScript(
     "if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], '" + LAYOUT_FIELD + "', ARGV[1]) end "
     "local id = false local seen = false local added = 0 "
     "for i = 4, #ARGV, 5 do "
@@ -91,15 +93,13 @@ def append_command(keys: Keys, simulation_id: str, batches: Sequence[EncodedBatc
     args: list[Any] = [layout or "", "1" if skip_seen else "0", group or ""]
     for batch in batches:
         args += [batch.producer_id or "", batch.first_seq, batch.last_seq, batch.records, batch.payload]
-    return ("EVAL", APPEND_SCRIPT, 2, keys.stream(simulation_id), keys.meta(simulation_id), *args)
+    return APPEND_SCRIPT.command([keys.stream(simulation_id), keys.meta(simulation_id)], args)
 
 
 def parse_reply(reply: Any) -> AppendResult:
     """The script's reply as an AppendResult."""
     entry_id, added, backlog = reply
-    if isinstance(entry_id, bytes):
-        entry_id = entry_id.decode()
-    return AppendResult(entry_id or None, int(added), None if int(backlog) < 0 else int(backlog))
+    return AppendResult(text(entry_id) or None, int(added), None if int(backlog) < 0 else int(backlog))
 
 
 def append_entries(client: redis.Redis, keys: Keys, simulation_id: str, batches: Sequence[EncodedBatch], *,

@@ -21,7 +21,6 @@ preset dictionary of the column names, so even a single ~230-byte entry shrinks 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zlib
 from collections import defaultdict
@@ -32,6 +31,8 @@ import msgpack
 
 from common.codec import _to_builtin as to_builtin  # numpy values, as the stream encodes them
 from common.errors import ConfigurationError
+from common.events import event
+from common.scripts import LuaScript
 from common.settings import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def unpack_entry(data: bytes, compressed: bool = False) -> dict[str, Any]:
 # steps one batch carries. Invariant for readers: the IM holds the steps just below the STM's,
 # without holes. So a tier that lost a key (evicted, expired) is cleared, not patched, and the IM
 # is cleared whenever the STM starts afresh; readers then get those steps from SQL.
-STORE_SCRIPT = """
+STORE_SCRIPT = LuaScript("""
 local function store()
   local stm_ttl, stm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
   local im_ttl, im_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -196,8 +197,7 @@ end
 local ok, moved = pcall(store)
 if ok then return moved end
 return -1
-"""
-STORE_SHA = hashlib.sha1(STORE_SCRIPT.encode()).hexdigest()
+""")
 
 
 class TierWriter:
@@ -224,10 +224,10 @@ class TierWriter:
             by_agent[entry["agent_id"]] += (entry["step_number"], packed, compress(packed, level))
         if not by_agent:
             return []
-        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", STORE_SCRIPT)]
+        commands: list[tuple[Any, ...]] = [STORE_SCRIPT.load_command()]
         for agent_id, triples in by_agent.items():
-            commands.append(("EVALSHA", STORE_SHA, 5, *self.keys.all_keys(simulation_id, agent_id),
-                             *self._limits, *triples))
+            commands.append(STORE_SCRIPT.sha_command(self.keys.all_keys(simulation_id, agent_id),
+                                                     (*self._limits, *triples)))
         return commands
 
     def batch_hook(self, simulation_id: str) -> Callable[[list[tuple[str, int, dict[str, Any]]]], list]:
@@ -239,7 +239,7 @@ class TierWriter:
                           for kind, _, fields in batch if kind == "agent_state"]
                 return self.commands(simulation_id, states) if states else []
             except Exception as exc:  # a cache must never stop the stream: skip this batch's states
-                log.warning("recent_state.skipped simulation=%s error=%s", simulation_id, exc)
+                event(log, logging.WARNING, "recent_state.skipped", simulation=simulation_id, error=exc)
                 return []
 
         return hook

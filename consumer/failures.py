@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from common.events import event
 from common.failover import REDIS_ERRORS
 from common.keys import Keys
 from consumer.metrics import WorkerMetrics
@@ -112,7 +113,7 @@ class FailureTracker:
             self._dirty = False
         except REDIS_ERRORS as exc:
             self._paused_until = now + _UNPUBLISHED_PAUSE_S
-            log.debug("worker.failure_report_unpublished consumer=%s error=%s", self.consumer, exc)
+            event(log, logging.DEBUG, "worker.failure_report_unpublished", consumer=self.consumer, error=exc)
 
     def _account(self) -> None:
         """Add the time since the last call to ``simstream_retry_seconds_total`` for each kind failing."""
@@ -127,7 +128,7 @@ def read_failures(client: redis.Redis, keys: Keys) -> dict[str, list[Failure]] |
     try:
         published = client.hgetall(keys.failing)
     except REDIS_ERRORS as exc:
-        log.debug("health.failures_unknown error=%s", exc)
+        event(log, logging.DEBUG, "health.failures_unknown", error=exc)
         return None
     found: dict[str, list[Failure]] = {}
     for consumer, value in published.items():
@@ -136,5 +137,5 @@ def read_failures(client: redis.Redis, keys: Keys) -> dict[str, list[Failure]] |
             for simulation_id, failure in report.items():
                 found.setdefault(simulation_id, []).append(Failure(**failure))
         except (ValueError, TypeError) as exc:
-            log.debug("health.failure_report_unreadable consumer=%s error=%s", consumer, exc)
+            event(log, logging.DEBUG, "health.failure_report_unreadable", consumer=consumer, error=exc)
     return found

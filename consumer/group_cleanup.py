@@ -18,13 +18,15 @@ import logging
 
 import redis
 
-from consumer.stream_status import text_dict
+from common.events import event
+from common.replies import text_dict
+from common.scripts import LuaScript
 
 log = logging.getLogger(__name__)
 
 # KEYS[1] stream; ARGV group, consumer, min idle ms. Returns 1 if deleted, 0 if it holds entries
 # or was seen too recently, -1 if it no longer exists.
-_DELETE_IF_IDLE_AND_EMPTY = """
+_DELETE_IF_IDLE_AND_EMPTY = LuaScript("""
 local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 for _, consumer in ipairs(consumers) do
   local fields = {}
@@ -38,7 +40,7 @@ for _, consumer in ipairs(consumers) do
   end
 end
 return -1
-"""
+""")
 
 _IDLE_FLOOR_BLOCKS = 10
 
@@ -60,7 +62,7 @@ def remove_dead_consumers(client: redis.Redis, stream: str, group: str, own_name
         name = consumer["name"]
         if name == own_name or int(consumer["pending"]) or int(consumer["idle"]) <= min_idle_ms:
             continue
-        if client.eval(_DELETE_IF_IDLE_AND_EMPTY, 1, stream, group, name, min_idle_ms) == 1:
+        if _DELETE_IF_IDLE_AND_EMPTY.run(client, [stream], [group, name, min_idle_ms]) == 1:
             removed.append(name)
-            log.info("worker.consumer_removed stream=%s consumer=%s idle_ms=%s", stream, name, consumer["idle"])
+            event(log, logging.INFO, "worker.consumer_removed", stream=stream, consumer=name, idle_ms=consumer["idle"])
     return removed

@@ -16,8 +16,10 @@ import logging
 
 import redis
 
+from common.events import event
 from common.keys import Keys
-from consumer.stream_status import entry_id_tuple, text_dict
+from common.replies import text, text_dict
+from consumer.stream_status import entry_id_tuple
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def trim_point(client: redis.Redis, stream: str) -> str | None:
     for group in map(text_dict, client.xinfo_groups(stream)):
         if int(group["pending"]) > 0:
             oldest = client.xpending(stream, group["name"])["min"]
-            needed.append(oldest.decode() if isinstance(oldest, bytes) else oldest)
+            needed.append(text(oldest))
         else:
             needed.append(_next_id(group["last-delivered-id"]))
     return min(needed, key=entry_id_tuple) if needed else None
@@ -98,7 +100,7 @@ def remove_finished(client: redis.Redis, keys: Keys, simulation_id: str) -> bool
             if client.exists(stream):
                 client.sadd(keys.registry, simulation_id)
             return False
-    log.info("retention.simulation_removed simulation=%s", simulation_id)
+    event(log, logging.INFO, "retention.simulation_removed", simulation=simulation_id)
     return True
 
 

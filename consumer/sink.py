@@ -34,8 +34,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from common import schema
 from common.codec import DecodedEntry, decode_entry, describe
 from common.errors import DatabaseUnavailable, RecordError
+from common.events import event
 from common.layouts import STANDALONE, layout_named
 from common.records import KINDS, RecordKind
+from common.replies import text
 from common.rows import RowMaker, row_columns
 from consumer.stream_reader import Entry
 from consumer.value_conversion import converted_row, row_conversions
@@ -306,7 +308,7 @@ class Sink:
                 result = self._commit_letters(stream, simulation_id, [letter])
                 result.isolated_by_database = 1
                 _merge(total, result)
-        log.warning("sink.rows_isolated stream=%s rejected=%d", stream, total.isolated_by_database)
+        event(log, logging.WARNING, "sink.rows_isolated", stream=stream, rejected=total.isolated_by_database)
         return total
 
     def _commit_letters(self, stream: str, simulation_id: str, letters: list[DeadLetter]) -> WriteResult:
@@ -318,8 +320,7 @@ class Sink:
             raise DatabaseUnavailable(f"database refused the dead letters too: {exc}") from exc
 
     def _letter_row(self, stream: str, simulation_id: str, letter: DeadLetter) -> dict[str, Any]:
-        entry_id = letter.entry_id.decode() if isinstance(letter.entry_id, bytes) else letter.entry_id
-        return {"stream": stream, "entry_id": entry_id, "entry_index": letter.index,
+        return {"stream": stream, "entry_id": text(letter.entry_id), "entry_index": letter.index,
                 "simulation_id": simulation_id, "raw": letter.raw,
                 "error": letter.error.replace("\x00", "\\x00")[:2000],  # PostgreSQL text takes no NUL
                 "delivery_count": letter.delivery_count, "created_at": time.time()}

@@ -22,6 +22,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from common.connections import create_sink_engine, ensure_schema, simulation_db_url
+from common.events import event
 from common.masking import mask_secrets
 from common.errors import ConfigurationError, DatabaseUnavailable
 from common.layouts import STANDALONE, layout_named
@@ -90,7 +91,7 @@ class SinkPool:
     def _open_file(self, simulation_id: str, layout: str) -> _OpenFile:
         opened = self._files.get(simulation_id)
         if opened is not None and (opened.sink.layout.name != layout or opened.replaced()):
-            log.info("sink.file_replaced simulation=%s action=reopen", simulation_id)
+            event(log, logging.INFO, "sink.file_replaced", simulation=simulation_id, action="reopen")
             self.release(simulation_id)
             opened = None
         if opened is None:
@@ -105,7 +106,7 @@ class SinkPool:
                 raise DatabaseUnavailable(str(exc)) from exc
             path = _sqlite_path(url)
             opened = self._files[simulation_id] = _OpenFile(sink, path, _identity(path) if path else None)
-            log.info("sink.opened simulation=%s layout=%s database=%s", simulation_id, layout, mask_secrets(url))
+            event(log, logging.INFO, "sink.opened", simulation=simulation_id, layout=layout, database=mask_secrets(url))
         return opened
 
     @property

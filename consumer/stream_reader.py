@@ -33,11 +33,13 @@ from common.codec import ENTRY_FIELD, entry_payload
 from common.connections import is_cluster
 from common.errors import GroupMissing, RedisUnavailable
 from common.failover import REDIS_ERRORS, is_failover_error, refresh_slots, slot_client
+from common.replies import as_bytes, text
+from common.scripts import LuaScript
 from common.stream_append import ACKED_FIELD_PREFIX
 
 _RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM")
 
-ACK_SCRIPT = (
+ACK_SCRIPT = LuaScript(
     "local records = 0 "
     "for i = 2, #ARGV, 2 do "
     "  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then records = records + tonumber(ARGV[i + 1]) end "
@@ -224,8 +226,7 @@ class StreamReader:
             raise translate(exc, "reading") from exc
         result: dict[str, list[Entry]] = {}
         for stream, raw_entries in _pairs(reply or []):
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            result[name], _ = _entries(raw_entries or [])
+            result[text(stream)], _ = _entries(raw_entries or [])
         return result
 
     def claim_stale(self, stream: str, min_idle_ms: int, cursor: bytes | str, count: int) -> ClaimResult:
@@ -249,7 +250,7 @@ class StreamReader:
         for entry_id, records in records_by_entry.items():
             args += [entry_id, records]
         try:
-            return int(self._execute_raw(stream, "EVAL", ACK_SCRIPT, 2, stream, meta, *args))
+            return int(self._execute_raw(stream, *ACK_SCRIPT.command([stream, meta], args)))
         except REDIS_ERRORS as exc:
             raise translate(exc, f"acknowledging on {stream}") from exc
 
@@ -271,4 +272,4 @@ class StreamReader:
             if len(rows) < count:
                 return counts
             last_seen = rows[-1]["message_id"]
-            start = b"(" + (last_seen if isinstance(last_seen, bytes) else last_seen.encode())
+            start = b"(" + as_bytes(last_seen)

@@ -25,18 +25,10 @@ import redis
 from common.failover import REDIS_ERRORS
 from common.heartbeat import producer_idle_ms, server_time_ms
 from common.keys import Keys
+from common.replies import text, text_dict
 from common.stream_append import ACKED_FIELD_PREFIX, RECORDS_ADDED_FIELD
 
 _LAG_COUNT_CAP = 1_000_000
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def text_dict(info: dict) -> dict[str, Any]:
-    """A Redis reply map with bytes keys and values decoded to text."""
-    return {_text(key): _text(value) for key, value in info.items()}
 
 
 def entry_id_tuple(entry_id: str | None) -> tuple[int, int]:
@@ -118,7 +110,7 @@ class StreamStatus:
 
 def simulation_ids(client: redis.Redis, keys: Keys) -> list[str]:
     """Ids of the simulations in the registry, sorted."""
-    return sorted(_text(member) for member in client.smembers(keys.registry))
+    return sorted(text(member) for member in client.smembers(keys.registry))
 
 
 def stream_status(client: redis.Redis, keys: Keys, group: str, simulation_id: str,
@@ -190,7 +182,7 @@ def _fill_group(client: redis.Redis, status: StreamStatus, group: str, info: dic
     status.last_delivered_id = info["last-delivered-id"]
     status.lag = _lag(client, status, info.get("lag"), _LAG_COUNT_CAP if exact_lag else 1)
     status.consumers = [
-        {"name": _text(consumer["name"]), "pending": int(consumer["pending"]),
+        {"name": text(consumer["name"]), "pending": int(consumer["pending"]),
          "idle_ms": int(consumer["idle"])}
         for consumer in client.xinfo_consumers(status.stream, group)
     ]
@@ -203,7 +195,7 @@ def _fill_oldest_pending(client: redis.Redis, status: StreamStatus, group: str) 
     oldest = client.xpending_range(status.stream, group, "-", "+", 1)
     if not oldest:
         return  # acknowledged since XINFO GROUPS answered
-    entry_id = _text(oldest[0]["message_id"])
+    entry_id = text(oldest[0]["message_id"])
     seconds, micros = client.time()
     status.oldest_pending_id = entry_id
     status.oldest_pending_idle_ms = int(oldest[0]["time_since_delivered"])

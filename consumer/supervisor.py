@@ -31,7 +31,9 @@ from multiprocessing.process import BaseProcess
 import redis
 
 from common.errors import ExitCode, NoSimulation
+from common.events import event
 from common.keys import Keys
+from common.retry import SUPERVISOR_RESTART
 from common.settings import ConsumerSettings
 from consumer.logs import forward_logs
 from consumer.metrics import MetricsDir
@@ -39,7 +41,6 @@ from consumer.worker import consumer_name, run_worker
 
 log = logging.getLogger(__name__)
 
-_RESTART_BACKOFF_MAX_S = 10.0
 _STABLE_RUN_S = 30.0
 _STOP_GRACE_S = 60.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -110,7 +111,7 @@ class Supervisor:
                         return True
                 except redis.RedisError as exc:
                     if not warned:
-                        log.warning("supervisor.registry_unreadable error=%s", exc)
+                        event(log, logging.WARNING, "supervisor.registry_unreadable", error=exc)
                     warned = True
                 if time.monotonic() >= deadline:
                     raise NoSimulation(
@@ -119,8 +120,8 @@ class Supervisor:
                         "running, on this Redis and namespace?")
                 if not waiting:
                     waiting = True
-                    log.info("supervisor.waiting_for_simulation namespace=%s timeout_s=%g",
-                             self.settings.namespace, self.settings.wait_for_simulation_s)
+                    event(log, logging.INFO, "supervisor.waiting_for_simulation", namespace=self.settings.namespace,
+                          timeout_s=self.settings.wait_for_simulation_s)
                 if self._stop.wait(0.2):
                     return False
         finally:
@@ -146,9 +147,9 @@ class Supervisor:
 
     def _log_summary(self, metrics_dir: MetricsDir) -> None:
         totals = metrics_dir.totals()
-        log.info("supervisor.summary workers=%d restarts=%d persisted=%d dead_lettered=%d claimed=%d "
-                 "retried=%d batches=%d", self.processes, sum(self._restarts.values()), totals["persisted"],
-                 totals["dead_lettered"], totals["claimed"], totals["retried"], totals["batches"])
+        event(log, logging.INFO, "supervisor.summary", workers=self.processes, restarts=sum(self._restarts.values()),
+              persisted=totals["persisted"], dead_lettered=totals["dead_lettered"], claimed=totals["claimed"],
+              retried=totals["retried"], batches=totals["batches"])
 
     def _supervise(self) -> int:
         for slot in range(self.processes):
@@ -175,7 +176,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self._workers[slot] = process
         self._started_at[slot] = time.monotonic()
-        log.info("supervisor.worker_started slot=%d pid=%d", slot, process.pid)
+        event(log, logging.INFO, "supervisor.worker_started", slot=slot, worker_pid=process.pid)
 
     def _watch(self) -> None:
         now = time.monotonic()
@@ -188,26 +189,27 @@ class Supervisor:
                 continue
             if process.exitcode == 0:
                 self._finished[slot] = 0
-                log.info("supervisor.worker_finished slot=%d", slot)
+                event(log, logging.INFO, "supervisor.worker_finished", slot=slot)
             elif process.exitcode in (ExitCode.BAD_CONFIGURATION,):
                 self._finished[slot] = process.exitcode  # restarting cannot fix the configuration
-                log.error("supervisor.worker_failed slot=%d exit=%d", slot, process.exitcode)
+                event(log, logging.ERROR, "supervisor.worker_failed", slot=slot, exit=process.exitcode)
             else:
                 self._restart(slot, process.exitcode)
 
     def _restart(self, slot: int, exitcode: int) -> None:
         """Schedule the slot's restart, backing off while it keeps crashing; other slots carry on.
 
-        The backoff doubles per crash in a row and starts over once a worker has run for
-        ``_STABLE_RUN_S``: a worker killed now and then comes back at once, a crash loop slowly.
+        The backoff (``SUPERVISOR_RESTART``) doubles per crash in a row and starts over once a
+        worker has run for ``_STABLE_RUN_S``: a worker killed now and then comes back at once, a
+        crash loop slowly.
         """
         restarts = self._restarts[slot] = self._restarts.get(slot, 0) + 1
         stable = time.monotonic() - self._started_at.get(slot, 0.0) >= _STABLE_RUN_S
         streak = self._crash_streak[slot] = 1 if stable else self._crash_streak.get(slot, 0) + 1
-        backoff_s = min(_RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(streak - 1, 7))
-        log.warning("supervisor.worker_died slot=%d exit=%s restarts=%d restart_in_s=%.1f",
-                    slot, exitcode, restarts, backoff_s)
-        self._restart_due[slot] = time.monotonic() + backoff_s
+        pause_s = SUPERVISOR_RESTART.pause_s(streak)
+        event(log, logging.WARNING, "supervisor.worker_died", slot=slot, exit=exitcode, restarts=restarts,
+              restart_in_s=round(pause_s, 1))
+        self._restart_due[slot] = time.monotonic() + pause_s
 
     def _stop_all(self) -> int:
         """Ask every live worker to finish its batch and exit; wait, then kill stragglers."""
@@ -218,18 +220,19 @@ class Supervisor:
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
-                log.error("supervisor.worker_killed pid=%d (did not stop in %.0fs)", process.pid, _STOP_GRACE_S)
+                event(log, logging.ERROR, "supervisor.worker_killed", worker_pid=process.pid,
+                      grace_s=round(_STOP_GRACE_S))
                 process.kill()
                 process.join()
         codes = [_stop_code(p.exitcode) for p in live] + list(self._finished.values())
-        log.info("supervisor.stopped workers=%d exit_codes=%s", len(self._workers), codes)
+        event(log, logging.INFO, "supervisor.stopped", workers=len(self._workers), exit_codes=codes)
         return ExitCode.OK if all(code == 0 for code in codes) else ExitCode.FAILED
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum, _frame) -> None:
             if self._stop.is_set():
                 os._exit(ExitCode.INTERRUPTED)
-            log.info("supervisor.stopping signal=%s", signal.Signals(signum).name)
+            event(log, logging.INFO, "supervisor.stopping", signal=signal.Signals(signum).name)
             self._stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -243,7 +246,7 @@ def _stop_code(exitcode: int) -> int:
     afterwards its handler turns SIGTERM into a clean stop. So it had read nothing yet.
     """
     if exitcode == -signal.SIGTERM:
-        log.info("supervisor.worker_stopped_while_starting")
+        event(log, logging.INFO, "supervisor.worker_stopped_while_starting")
         return int(ExitCode.OK)
     return exitcode
 

@@ -9,8 +9,9 @@ script) also adds the records it settled to the group's count in the meta hash, 
 SIGTERM/SIGINT set a flag: the batch in hand is committed and acknowledged, then the worker exits
 0. A second signal exits at once (the entries in hand stay pending and are replayed later).
 
-Failures: a database that does not take a batch is retried (``_DB_RETRY_S``), then the worker
-backs off and replays. A single Redis server that fails stops every step, so the worker backs off
+Failures: a database that does not take a batch is retried (``DATABASE_COMMIT`` in
+:mod:`common.retry`: 30 s, what ``_DB_RETRY_S`` was), then the worker backs off and replays
+(``WORKER_RECOVERY``). A single Redis server that fails stops every step, so the worker backs off
 as a whole. On a Redis Cluster a failure of one stream's master (refused, reset, MOVED,
 CLUSTERDOWN, timed out) sets only that stream aside: it is retried after a jittered backoff
 against the owner a refreshed slot map names (its own pending entries first), while the streams on
@@ -32,21 +33,22 @@ from typing import Iterator
 
 import redis
 from redis.cluster import RedisCluster
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay
 
 from common import faults
 from common.connections import is_cluster, redis_client
+from common.events import event
 from common.errors import (DatabaseUnavailable, ExitCode, GroupMissing, RedisUnavailable, SimstreamError,
                            TransientError)
 from common.failover import FAILOVER_ERRORS, REDIS_ERRORS, is_failover_error, refresh_slots
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD, STANDALONE
+from common.replies import text_dict
 from common.schema_setup import SchemaUnusable
-from common.retry import backoff_s, jittered_backoff
+from common.retry import DATABASE_COMMIT, STREAM_SET_ASIDE, WORKER_RECOVERY
 from common.settings import ConsumerSettings
 from consumer.failures import REDIS, SINK, FailureTracker
 from consumer.group_cleanup import dead_consumer_idle_ms, remove_dead_consumers
-from consumer.stream_status import simulation_ids, stream_status, text_dict
+from consumer.stream_status import simulation_ids, stream_status
 from consumer.metrics import WorkerMetrics
 from consumer.retention import drop_if_recreated, remove_finished, trim_persisted
 from consumer.sink import DeadLetter
@@ -55,8 +57,6 @@ from consumer.stream_reader import Entry, StreamReader
 
 log = logging.getLogger(__name__)
 
-_DB_RETRY_S = 30.0
-_TRANSIENT_PAUSE_MAX_S = 5.0
 _UNUSABLE_RETRY_S = 10.0
 SINK_PROBLEM_FIELD = "sink_problem"
 """Meta hash field where a worker says why a simulation's database cannot take its rows."""
@@ -124,7 +124,7 @@ class Worker:
     def request_stop(self, reason: str = "requested") -> None:
         """Finish the batch in hand, then exit the loop."""
         if not self._stop.is_set():
-            log.info("worker.stopping consumer=%s reason=%s", self.name, reason)
+            event(log, logging.INFO, "worker.stopping", consumer=self.name, reason=reason)
         self._stop.set()
 
     def run(self) -> int:
@@ -132,12 +132,12 @@ class Worker:
         self._install_signal_handlers()
         try:
             self._connect()
-            log.info("worker.started consumer=%s group=%s pid=%d", self.name, self.settings.group, os.getpid())
+            event(log, logging.INFO, "worker.started", consumer=self.name, group=self.settings.group, pid=os.getpid())
             while not self._stop.is_set():
                 self._run_step()
             return ExitCode.OK
         except SimstreamError as exc:
-            log.error("worker.failed consumer=%s error=%s", self.name, exc)
+            event(log, logging.ERROR, "worker.failed", consumer=self.name, error=exc)
             return exc.exit_code
         finally:
             self._teardown()
@@ -192,8 +192,8 @@ class Worker:
         if self.client is not None:
             self.client.close()
         s = self.stats
-        log.info("worker.summary consumer=%s persisted=%d dead_lettered=%d claimed=%d retried=%d batches=%d",
-                 self.name, s.persisted, s.dead_lettered, s.claimed, s.retried, s.batches)
+        event(log, logging.INFO, "worker.summary", consumer=self.name, persisted=s.persisted,
+              dead_lettered=s.dead_lettered, claimed=s.claimed, retried=s.retried, batches=s.batches)
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -216,8 +216,9 @@ class Worker:
         self.stats.retried += 1
         self.metrics.retried()
         self._transient_failures += 1
-        pause_s = min(_TRANSIENT_PAUSE_MAX_S, 0.1 * 2 ** min(self._transient_failures, 6))
-        log.warning("worker.transient_error consumer=%s error=%s retry_in_s=%.1f", self.name, exc, pause_s)
+        pause_s = WORKER_RECOVERY.pause_s(self._transient_failures)
+        event(log, logging.WARNING, "worker.transient_error", consumer=self.name, error=exc,
+              retry_in_s=round(pause_s, 1))
         for state in self._streams.values():
             state.replay_after = b"0"
             if isinstance(exc, (RedisUnavailable, GroupMissing)):
@@ -225,7 +226,7 @@ class Worker:
         if isinstance(exc, GroupMissing):
             # The server lost the group (restarted empty, or the stream was removed when finished):
             # rediscover from the registry and re-create groups from the start of each stream.
-            log.warning("worker.group_missing consumer=%s action=rediscover", self.name)
+            event(log, logging.WARNING, "worker.group_missing", consumer=self.name, action="rediscover")
             self._next_discovery = 0.0
             self._streams.clear()
         self._stop.wait(pause_s)
@@ -249,22 +250,22 @@ class Worker:
             self._set_aside(state, exc)
         else:
             if state.failures:
-                log.info("worker.stream_back consumer=%s simulation=%s after_failures=%d",
-                         self.name, state.simulation_id, state.failures)
+                event(log, logging.INFO, "worker.stream_back", consumer=self.name, simulation=state.simulation_id,
+                      after_failures=state.failures)
                 state.failures, state.retry_at = 0, 0.0
                 self.failures.clear(state.simulation_id, REDIS)
 
     def _set_aside(self, state: _StreamState, exc: SimstreamError) -> None:
         state.failures += 1
-        pause_s = backoff_s(state.failures, first_s=0.1, max_s=_TRANSIENT_PAUSE_MAX_S)
+        pause_s = STREAM_SET_ASIDE.pause_s(state.failures)
         state.retry_at = time.monotonic() + pause_s
         state.replay_after = b"0"  # an ack may have been lost: its own pending entries come first
         self.stats.retried += 1
         self.metrics.retried()
         self.failures.note(state.simulation_id, REDIS, exc)
         refresh_slots(self.client)
-        log.warning("worker.stream_set_aside consumer=%s simulation=%s error=%s retry_in_s=%.1f",
-                    self.name, state.simulation_id, exc, pause_s)
+        event(log, logging.WARNING, "worker.stream_set_aside", consumer=self.name, simulation=state.simulation_id,
+              error=exc, retry_in_s=round(pause_s, 1))
         if isinstance(exc, GroupMissing):  # the group was lost with its master: set it up again
             self._streams.pop(state.stream, None)
             self._next_discovery = 0.0
@@ -292,7 +293,7 @@ class Worker:
             return False
         finished = [state for state in self._streams.values() if state.simulation_id not in registered]
         for state in finished:
-            log.info("worker.stream_finished consumer=%s simulation=%s", self.name, state.simulation_id)
+            event(log, logging.INFO, "worker.stream_finished", consumer=self.name, simulation=state.simulation_id)
             del self._streams[state.stream]
             self.sinks.release(state.simulation_id)
         return bool(finished)
@@ -306,7 +307,7 @@ class Worker:
             registered = simulation_ids(self.client, self.keys)
         except REDIS_ERRORS as exc:
             if self.reader.cluster:  # the registry's master is down: the known streams go on
-                log.warning("worker.registry_unavailable consumer=%s error=%s", self.name, exc)
+                event(log, logging.WARNING, "worker.registry_unavailable", consumer=self.name, error=exc)
                 return
             raise RedisUnavailable(f"reading the simulation registry: {exc}") from exc
         for simulation_id in registered:
@@ -318,12 +319,12 @@ class Worker:
                         continue  # removed by another consumer while we looked: nothing to do
                 except REDIS_ERRORS + (RedisUnavailable,) as exc:
                     if self.reader.cluster:  # its master is down: set it up at a later discovery
-                        log.warning("worker.stream_setup_failed consumer=%s simulation=%s error=%s",
-                                    self.name, simulation_id, exc)
+                        event(log, logging.WARNING, "worker.stream_setup_failed", consumer=self.name,
+                              simulation=simulation_id, error=exc)
                         continue
                     raise RedisUnavailable(f"setting up {stream}: {exc}") from exc
                 self._streams[stream] = _StreamState(stream, simulation_id)
-                log.info("worker.stream_discovered consumer=%s simulation=%s", self.name, simulation_id)
+                event(log, logging.INFO, "worker.stream_discovered", consumer=self.name, simulation=simulation_id)
         for stream in [s for s, state in self._streams.items() if state.simulation_id not in registered]:
             del self._streams[stream]
         for simulation_id in set(self.sinks.open_simulations) - set(registered):
@@ -372,8 +373,8 @@ class Worker:
         if claim.entries or gone:
             self.stats.claimed += len(claim.entries)
             self.metrics.claimed(len(claim.entries))
-            log.info("worker.claimed consumer=%s stream=%s entries=%d gone=%d",
-                     self.name, state.stream, len(claim.entries), len(gone))
+            event(log, logging.INFO, "worker.claimed", consumer=self.name, stream=state.stream,
+                  entries=len(claim.entries), gone=len(gone))
             self.persist_and_ack(state, claim.entries, dead_letters=gone, check_deliveries=True)
             state.gone_ids = []
         if claim.unnamed_gone:
@@ -385,7 +386,7 @@ class Worker:
         try:
             remove_dead_consumers(self.client, stream, self.settings.group, self.name, idle_ms)
         except redis.ResponseError as exc:
-            log.debug("worker.consumer_cleanup_skipped consumer=%s error=%s", self.name, exc)  # stream gone
+            event(log, logging.DEBUG, "worker.consumer_cleanup_skipped", consumer=self.name, error=exc)  # stream gone
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"removing dead consumers: {exc}") from exc
 
@@ -406,7 +407,7 @@ class Worker:
         except redis.ResponseError as exc:
             if is_failover_error(exc):
                 raise RedisUnavailable(f"trimming {state.stream}: {exc}") from exc
-            log.debug("worker.retention_skipped consumer=%s error=%s", self.name, exc)  # stream just removed
+            event(log, logging.DEBUG, "worker.retention_skipped", consumer=self.name, error=exc)  # stream just removed
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"trimming {state.stream}: {exc}") from exc
 
@@ -445,14 +446,13 @@ class Worker:
         self.stats.dead_lettered += result.records_dead_lettered
         self.metrics.batch_committed(result.rows_by_table, result.records_dead_lettered, commit_s)
         if result.dead_letters:
-            log.warning("worker.dead_lettered consumer=%s stream=%s count=%d records=%d",
-                        self.name, state.stream, result.dead_letters, result.records_dead_lettered)
+            event(log, logging.WARNING, "worker.dead_lettered", consumer=self.name, stream=state.stream,
+                  count=result.dead_letters, records=result.records_dead_lettered)
 
     def _write(self, state: _StreamState, entries: list[Entry], letters: list[DeadLetter]):
         layout = self._layout_of(state)
-        retrying = Retrying(retry=retry_if_exception_type(DatabaseUnavailable), reraise=True,
-                            wait=jittered_backoff(), stop=stop_after_delay(_DB_RETRY_S),
-                            before_sleep=lambda retry_state: self._count_retry(state, retry_state))
+        retrying = DATABASE_COMMIT.retrying(
+            DatabaseUnavailable, before_sleep=lambda retry_state: self._count_retry(state, retry_state))
         try:
             result = retrying(lambda: self.sinks.write(state.simulation_id, layout, state.stream, entries, letters))
         except DatabaseUnavailable as exc:
@@ -484,8 +484,8 @@ class Worker:
         (in the log once per interval and in its meta hash, where ``status`` reads it), try again later."""
         state.blocked_until = time.monotonic() + _UNUSABLE_RETRY_S
         state.replay_after = b"0"
-        log.error("worker.simulation_blocked consumer=%s simulation=%s retry_in_s=%.0f reason=%s",
-                  self.name, state.simulation_id, _UNUSABLE_RETRY_S, problem)
+        event(log, logging.ERROR, "worker.simulation_blocked", consumer=self.name, simulation=state.simulation_id,
+              retry_in_s=round(_UNUSABLE_RETRY_S), reason=problem)
         try:
             self.client.hset(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD, str(problem))
         except REDIS_ERRORS as exc:
@@ -493,7 +493,7 @@ class Worker:
 
     def _unblock(self, state: _StreamState) -> None:
         state.blocked_until = 0.0
-        log.info("worker.simulation_unblocked consumer=%s simulation=%s", self.name, state.simulation_id)
+        event(log, logging.INFO, "worker.simulation_unblocked", consumer=self.name, simulation=state.simulation_id)
         try:
             self.client.hdel(self.keys.meta(state.simulation_id), SINK_PROBLEM_FIELD)
         except REDIS_ERRORS as exc:
@@ -504,7 +504,7 @@ class Worker:
         self.stats.retried += 1
         self.metrics.retried()
         self.failures.note(state.simulation_id, SINK, error)
-        log.warning("worker.db_retry consumer=%s simulation=%s error=%s", self.name, state.simulation_id, error)
+        event(log, logging.WARNING, "worker.db_retry", consumer=self.name, simulation=state.simulation_id, error=error)
 
     def _split_overdelivered(self, stream: str, entries: list[Entry]) -> tuple[list[Entry], list[DeadLetter]]:
         """Entries Redis has delivered more than ``max_deliveries`` times become dead letters."""

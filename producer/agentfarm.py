@@ -27,9 +27,11 @@ import importlib
 import logging
 import threading
 import weakref
+from dataclasses import asdict
 from typing import Any, Callable
 
 from common.errors import ConfigurationError, SimstreamError
+from common.events import event
 from common.layouts import AGENTFARM
 from common.settings import ProducerSettings
 from common.tiers import RedisIMConfig, RedisSTMConfig
@@ -73,8 +75,8 @@ class AgentFarmDataLogger(RedisBufferedDataLogger):
         """The simulation ended: send everything and mark it complete (once; later calls do nothing)."""
         if self.started and not self.producer.closed:
             report = self.close(status=status or "completed")
-            log.info("agentfarm.simulation_finished simulation=%s status=%s %s",
-                     self.simulation_id, status or "completed", report)
+            event(log, logging.INFO, "agentfarm.simulation_finished", simulation=self.simulation_id,
+                  status=status or "completed", **asdict(report))
 
 
 class Installation:
@@ -218,7 +220,7 @@ def _validation_hook(installation: Installation, original: Callable) -> Callable
             try:
                 logger.producer.wait_persisted(installation.validation_wait_s)
             except SimstreamError as exc:  # not persisted in time, or no consumers: validate what is there
-                log.warning("agentfarm.validation_not_waited simulation=%s reason=%s", simulation_id, exc)
+                event(log, logging.WARNING, "agentfarm.validation_not_waited", simulation=simulation_id, reason=exc)
         return original(db_path, simulation_id, *args, **kwargs)
     validate_simulation_database.__doc__ = original.__doc__
     return validate_simulation_database

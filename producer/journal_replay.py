@@ -20,6 +20,7 @@ from typing import Iterator
 import redis
 
 from common.codec import EncodedBatch
+from common.events import event
 from common.journal import (Journal, ReplayResult, count_records, journal_path, journals_for, remove_folder_if_empty,
                             replay_journal)
 from common.keys import Keys
@@ -50,9 +51,9 @@ class SenderJournal:
         found = journals_for(self.settings.journal_dir, self.simulation_id)
         replay = self.settings.replay_earlier_journals
         for path in found:
-            log.warning("producer.earlier_journal_found simulation=%s journal=%s records=%d age_s=%.0f action=%s",
-                        self.simulation_id, path, count_records(path), time.time() - path.stat().st_mtime,
-                        "replay into this run" if replay else f"left on disk: simstream replay-journal {path}")
+            event(log, logging.WARNING, "producer.earlier_journal_found", simulation=self.simulation_id, journal=path,
+                  records=count_records(path), age_s=round(time.time() - path.stat().st_mtime),
+                  action="replay into this run" if replay else f"left on disk: simstream replay-journal {path}")
         return found if replay else []
 
     def append(self, entries: list[EncodedBatch], first: bool) -> int:
@@ -60,7 +61,7 @@ class SenderJournal:
         ``first``: the sender was not journaling until now (a warning says it starts). Raises
         OSError if the journal cannot be written."""
         if first:
-            log.warning("producer.journaling simulation=%s journal=%s", self.simulation_id, self.journal.path)
+            event(log, logging.WARNING, "producer.journaling", simulation=self.simulation_id, journal=self.journal.path)
         self.journal.append([entry.payload for entry in entries])
         return sum(entry.records for entry in entries)
 
@@ -93,5 +94,5 @@ class SenderJournal:
         remove_folder_if_empty(self.settings.journal_dir)  # leave no empty .simstream-journal/ behind
 
     def _replayed(self, result: ReplayResult) -> None:
-        log.info("producer.journal_replayed simulation=%s journal=%s records=%d",
-                 self.simulation_id, result.path, result.records)
+        event(log, logging.INFO, "producer.journal_replayed", simulation=self.simulation_id, journal=result.path,
+              records=result.records)

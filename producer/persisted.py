@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from common.codec import describe, entry_payload
+from common.replies import text, text_dict
 
 _COUNT_CAP = 100_000
 """Records counted at most; beyond, the counts are lower bounds."""
@@ -30,15 +31,11 @@ _READ_CAP = 20_000
 """Entries read at most."""
 
 
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def id_tuple(entry_id: str | bytes | None) -> tuple[int, int]:
     """A stream entry id as (milliseconds, sequence), for comparing ids."""
     if not entry_id:
         return (0, 0)
-    millis, _, seq = _text(entry_id).partition("-")
+    millis, _, seq = text(entry_id).partition("-")
     return (int(millis), int(seq or 0))
 
 
@@ -53,7 +50,7 @@ class Persistence:
 
 def _group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any] | None:
     for info in client.xinfo_groups(stream):
-        info = {_text(key): _text(value) for key, value in info.items()}
+        info = text_dict(info)
         if info["name"] == group:
             return info
     return None
@@ -107,7 +104,7 @@ def unpersisted_through(client: redis.Redis, stream: str, group: str, entry_id: 
     work: past ``_COUNT_CAP`` records the counts are lower bounds)."""
     try:
         info = _group_info(client, stream, group)
-        last_generated = _text(client.xinfo_stream(stream)["last-generated-id"])
+        last_generated = text(client.xinfo_stream(stream)["last-generated-id"])
     except redis.exceptions.NoPermissionError:
         raise  # a producer's user may not read the stream (README: least privilege)
     except redis.ResponseError:
@@ -135,11 +132,11 @@ def _count_range(client: redis.Redis, stream: str, start: str, end: str,
         page = client.xrange(stream, min=start, max=end, count=_PAGE)
         read += len(page)
         for entry_id, fields in page:
-            if only is None or _text(entry_id) in only:
+            if only is None or text(entry_id) in only:
                 count, seen = count + _records(fields), seen + 1
         if len(page) < _PAGE:
             return count + (len(only) - seen if only is not None else 0), True
-        start = f"({_text(page[-1][0])}"
+        start = f"({text(page[-1][0])}"
     return count, False
 
 
@@ -154,6 +151,6 @@ def _count_pending(client: redis.Redis, stream: str, group: str, entry_id: str) 
     if not summary["pending"] or id_tuple(summary["min"]) > id_tuple(entry_id):
         return 0, True
     found = client.xpending_range(stream, group, "-", entry_id, _READ_CAP)
-    pending = {_text(item["message_id"]) for item in found}
-    count, exact = _count_range(client, stream, _text(summary["min"]), entry_id, pending)
+    pending = {text(item["message_id"]) for item in found}
+    count, exact = _count_range(client, stream, text(summary["min"]), entry_id, pending)
     return count, exact and len(found) < _READ_CAP

@@ -34,16 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import redis
-from tenacity import Retrying, retry_if_exception_type
 
 from common import faults
 from common.codec import BatchEncoder, BufferedRecord, EncodedBatch
 from common.connections import redis_client
+from common.events import event
 from common.heartbeat import touch_command
 from common.failover import REDIS_ERRORS, confirm_replicas, is_failover_error, refresh_slots, slot_client
 from common.keys import Keys
 from common.layouts import META_FIELD as LAYOUT_FIELD
-from common.retry import backoff_s, jittered_backoff
+from common.retry import REDIS_SEND, SENDER_RESTART
 from common.settings import ProducerSettings
 from common.stream_append import append_entries
 from producer.journal_replay import SenderJournal
@@ -170,20 +170,20 @@ class BatchSender:
 
     def _after_death(self, exc: BaseException) -> None:
         """Restart the thread with the batch it held, or, after too many deaths, journal everything."""
-        log.error("producer.sender_failed simulation=%s error=%s: %s", self.simulation_id,
-                  type(exc).__name__, exc, exc_info=exc)
+        event(log, logging.ERROR, "producer.sender_failed", simulation=self.simulation_id,
+              error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         self._close_client()
         self._encoder = self._new_encoder()
         progressed = self.handed_off_seq > self._seq_at_last_death
         self._deaths_in_a_row = 1 if progressed else self._deaths_in_a_row + 1
         self._seq_at_last_death = self.handed_off_seq
         if self._deaths_in_a_row <= _MAX_RESTARTS:
-            time.sleep(backoff_s(self._deaths_in_a_row))
+            time.sleep(SENDER_RESTART.pause_s(self._deaths_in_a_row))
             try:
                 self.start()
                 self.restarts += 1
-                log.warning("producer.sender_restarted simulation=%s restarts=%d held=%d",
-                            self.simulation_id, self.restarts, len(self.in_hand))
+                event(log, logging.WARNING, "producer.sender_restarted", simulation=self.simulation_id,
+                      restarts=self.restarts, held=len(self.in_hand))
                 return
             except RuntimeError as start_error:  # the interpreter cannot start a thread now
                 exc = start_error
@@ -193,13 +193,13 @@ class BatchSender:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.failure = (f"the sender thread of simulation {self.simulation_id!r} died {self._deaths_in_a_row} "
                         f"times in a row ({reason})")
-        log.error("producer.sender_gave_up simulation=%s journal=%s error=%s",
-                  self.simulation_id, self.journal.path, reason)
+        event(log, logging.ERROR, "producer.sender_gave_up", simulation=self.simulation_id,
+              journal=self.journal.path, error=reason)
         try:
             self.journal_buffered()
         except OSError as journal_error:
             self.failure += f"; its journal {self.journal.path} cannot be written either ({journal_error})"
-            log.error("producer.journal_failed simulation=%s error=%s", self.simulation_id, journal_error)
+            event(log, logging.ERROR, "producer.journal_failed", simulation=self.simulation_id, error=journal_error)
 
     def journal_buffered(self) -> int:
         """Journal the batch in hand and every buffered record (once the thread is gone for good).
@@ -292,8 +292,8 @@ class BatchSender:
             self.completed = True
         else:
             self.journal.mark_complete()
-            log.warning("producer.closed_with_journal simulation=%s journal=%s records=%d",
-                        self.simulation_id, self.journal.path, self.in_journal)
+            event(log, logging.WARNING, "producer.closed_with_journal", simulation=self.simulation_id,
+                  journal=self.journal.path, records=self.in_journal)
 
     # -- Redis -----------------------------------------------------------------------------
 
@@ -351,7 +351,7 @@ class BatchSender:
         try:
             self._redis().execute_command(*touch_command(self.meta_key))
         except REDIS_ERRORS as exc:
-            log.debug("producer.heartbeat_failed simulation=%s error=%s", self.simulation_id, exc)
+            event(log, logging.DEBUG, "producer.heartbeat_failed", simulation=self.simulation_id, error=exc)
 
     def _send_completion(self) -> None:
         client = self._redis()
@@ -378,7 +378,7 @@ class BatchSender:
             if force:
                 raise
             self._register_due = now + 1.0
-            log.warning("producer.register_failed simulation=%s error=%s", self.simulation_id, exc)
+            event(log, logging.WARNING, "producer.register_failed", simulation=self.simulation_id, error=exc)
 
     def _send_with_retry(self, action: Callable, *args: Any, until_spill: bool = False) -> bool:
         """Run ``action`` until Redis takes it; False after ``spill_after_s`` (or on spill_now).
@@ -392,8 +392,7 @@ class BatchSender:
             return self._spill_now or (deadline is not None and time.monotonic() >= deadline)
 
         try:
-            for attempt in Retrying(retry=retry_if_exception_type(REDIS_ERRORS), wait=jittered_backoff(),
-                                    stop=give_up, reraise=True, before_sleep=self._note_failure):
+            for attempt in REDIS_SEND.retrying(REDIS_ERRORS, stop=give_up, before_sleep=self._note_failure):
                 with attempt:
                     action(*args)
             self._outage_over(replayed=0)
@@ -412,7 +411,7 @@ class BatchSender:
             self._outage_since = time.monotonic()
         self.stats.failed_attempts += 1
         if self.stats.last_error is None or self.stats.failed_attempts % 50 == 1:
-            log.warning("producer.redis_unavailable simulation=%s error=%s", self.simulation_id, exc)
+            event(log, logging.WARNING, "producer.redis_unavailable", simulation=self.simulation_id, error=exc)
         self.stats.last_error = str(exc)
 
     def _outage_over(self, replayed: int) -> None:
@@ -420,8 +419,8 @@ class BatchSender:
         outage's start was a warning, so its end is one too."""
         if self._outage_since is None:
             return
-        log.warning("producer.outage_ended simulation=%s outage_s=%.1f journaled_records_replayed=%d",
-                    self.simulation_id, time.monotonic() - self._outage_since, replayed)
+        event(log, logging.WARNING, "producer.outage_ended", simulation=self.simulation_id,
+              outage_s=round(time.monotonic() - self._outage_since, 1), journaled_records_replayed=replayed)
         self._outage_since = None
 
     def _observe_backlog(self, backlog: int) -> None:
@@ -429,10 +428,12 @@ class BatchSender:
         self.stats.backlog = backlog
         if backlog > self.settings.high_water_records:
             if self.settings.backpressure == "spill" and not self.journaling:
-                log.warning("producer.backpressure simulation=%s backlog=%d action=spill", self.simulation_id, backlog)
+                event(log, logging.WARNING, "producer.backpressure", simulation=self.simulation_id, backlog=backlog,
+                      action="spill")
                 self.journaling = self._spilling_for_backlog = True
             elif self.settings.backpressure == "slow" and not self.throttle:
-                log.warning("producer.backpressure simulation=%s backlog=%d action=slow", self.simulation_id, backlog)
+                event(log, logging.WARNING, "producer.backpressure", simulation=self.simulation_id, backlog=backlog,
+                      action="slow")
                 self.throttle = True
         elif backlog < self.settings.low_water_records:
             self.throttle = False

@@ -18,16 +18,18 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import redis
 
 from common.connections import redis_client
+from common.events import event
 from common.errors import ConfigurationError, GroupMissing, PersistTimeout, SenderFailed
 from common.failover import REDIS_ERRORS, check_replicas
 from common.keys import Keys, validate_simulation_id
 from common.records import KINDS, kind_named
+from common.retry import PERSISTED_POLL
 from common.settings import ProducerSettings
 from common.tiers import RedisIMConfig, RedisSTMConfig, TierWriter
 from producer.persisted import persisted_through, unpersisted_through
@@ -126,12 +128,12 @@ class StreamProducer:
         try:
             client = redis_client(self.settings.redis_url, self.settings.socket_timeout_s)
         except REDIS_ERRORS as exc:
-            log.warning("producer.replicas_unchecked simulation=%s error=%s", self.simulation_id, exc)
+            event(log, logging.WARNING, "producer.replicas_unchecked", simulation=self.simulation_id, error=exc)
             return
         try:
             check_replicas(client, self.keys.stream(self.simulation_id), self.settings.replica_acks)
         except REDIS_ERRORS as exc:
-            log.warning("producer.replicas_unchecked simulation=%s error=%s", self.simulation_id, exc)
+            event(log, logging.WARNING, "producer.replicas_unchecked", simulation=self.simulation_id, error=exc)
         finally:
             client.close()
 
@@ -217,7 +219,7 @@ class StreamProducer:
         self.flush(timeout_s)
         stream, group = self.keys.stream(self.simulation_id), self.settings.group
         client: redis.Redis | None = None
-        pause_s = 0.01
+        polls = 0
         try:
             while True:
                 entry_id, not_in_redis = self._sent_through(target)
@@ -238,7 +240,7 @@ class StreamProducer:
                         f"user may not run ({' '.join(str(exc).split())}); see the producer's ACL rules in the "
                         "README (Security and access)") from exc
                 except redis.RedisError as exc:
-                    log.debug("producer.wait_persisted_retry simulation=%s error=%s", self.simulation_id, exc)
+                    event(log, logging.DEBUG, "producer.wait_persisted_retry", simulation=self.simulation_id, error=exc)
                 if not_in_redis and not self._sender.is_alive():
                     raise self._timeout(client, target, "this producer is closed and cannot send them; "
                                         "replay its journal with `simstream replay-journal`")
@@ -246,8 +248,8 @@ class StreamProducer:
                 if remaining <= 0:
                     raise self._timeout(client, target, f"after {timeout_s:g}s; are consumers running "
                                         "(`simstream consume`) on this Redis and namespace?")
-                time.sleep(min(pause_s, remaining))
-                pause_s = min(pause_s * 2, 0.25)
+                polls += 1
+                time.sleep(min(PERSISTED_POLL.pause_s(polls), remaining))
         finally:
             if client is not None:
                 client.close()
@@ -311,8 +313,8 @@ class StreamProducer:
             self._sender.join(_SPILL_JOIN_S)
         self._raise_if_failed(self._last_seq, closing=True)
         report = self._report(self._last_seq)
-        log.log(logging.INFO if report.all_in_redis else logging.WARNING,
-                "producer.closed simulation=%s %s", self.simulation_id, report)
+        event(log, logging.INFO if report.all_in_redis else logging.WARNING, "producer.closed",
+              simulation=self.simulation_id, **asdict(report))
         return report
 
     def stats(self) -> dict[str, Any]:
@@ -360,7 +362,7 @@ class StreamProducer:
                 raise SenderFailed(f"{sender.failure}; the journal {sender.journal.path} cannot be "
                                    f"written ({exc})") from exc
         report = self._report(target)
-        log.error("producer.sender_gone simulation=%s %s", self.simulation_id, report)
+        event(log, logging.ERROR, "producer.sender_gone", simulation=self.simulation_id, **asdict(report))
         raise SenderFailed(f"{sender.failure}: records go to the journal, not to Redis ({report}); "
                            "`simstream replay-journal` sends them once Redis is reachable", report)
 
@@ -395,4 +397,4 @@ def _flush_at_exit(producer_ref: weakref.ref) -> None:
         try:
             producer.flush(timeout_s=producer.settings.close_timeout_s)
         except SenderFailed as exc:
-            log.error("producer.exit_with_journal simulation=%s error=%s", producer.simulation_id, exc)
+            event(log, logging.ERROR, "producer.exit_with_journal", simulation=producer.simulation_id, error=exc)

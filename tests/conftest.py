@@ -14,6 +14,7 @@ stays the same: ``redis_server``, ``sqlite_url`` (the sink URL, whatever the sin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +29,9 @@ from sqlalchemy import create_engine
 from consumer.ops.embedded_redis import EmbeddedRedis, bundled_binary, free_port, newest_on_path, server_version
 from tests.cluster import RedisClusterServers
 from tests.containers import ContainerRedisServer, docker_answers
-from tests.helpers import PerSimulationEngines
+from consumer.worker import Worker
+from tests.helpers import (WORKER_TIMEOUT_S, PerSimulationEngines, fast_settings, run_to_exit, wait_for,
+                           worker_running)
 from tests.postgres import PostgresSchema, server_url
 
 
@@ -265,3 +268,69 @@ def cli(redis_server, sqlite_url, namespace, tmp_path):
     runner = Cli(env, tmp_path)
     yield runner
     runner.cleanup()
+
+
+class WorkerFactory:
+    """Builds in-process workers with fast settings on a test's Redis, sink and namespace.
+
+    ``worker.drain()`` runs one until every simulation is persisted; ``worker.run_until(condition)``
+    runs one in a thread until ``condition()`` holds, then stops it; ``worker.start()`` leaves one
+    running until ``worker.stop(w)`` or the test's end. Keyword arguments override the settings
+    (``redis_url``, ``db_url`` and ``namespace`` too); every run is bounded by ``timeout_s``. A worker
+    is named ``consumer-{slot}`` unless the test names it.
+    """
+
+    def __init__(self, redis_url: str, db_url: str, namespace: str) -> None:
+        self.redis_url, self.db_url, self.namespace = redis_url, db_url, namespace
+        self._running: dict[int, contextlib.AbstractContextManager] = {}
+
+    def settings(self, **overrides):
+        where = {"redis_url": self.redis_url, "db_url": self.db_url, "namespace": self.namespace}
+        where.update({k: overrides.pop(k) for k in list(where) if k in overrides})
+        return fast_settings(where["redis_url"], where["db_url"], where["namespace"], **overrides)
+
+    def __call__(self, slot: int = 0, name: str | None = None, **overrides) -> Worker:
+        """A worker, not started."""
+        return Worker(self.settings(**overrides), slot=slot, name=name or f"consumer-{slot}")
+
+    def drain(self, slot: int = 0, name: str | None = None, timeout_s: float = WORKER_TIMEOUT_S,
+              **overrides) -> Worker:
+        """Run a worker until every simulation is persisted; it must exit 0."""
+        worker = self(slot=slot, name=name, drain=True, **overrides)
+        assert run_to_exit(worker, timeout_s) == 0
+        return worker
+
+    def start(self, slot: int = 0, name: str | None = None, **overrides) -> Worker:
+        """A worker running in a thread until ``stop`` (or the test's end)."""
+        running = worker_running(self.settings(**overrides), slot=slot, name=name or f"consumer-{slot}")
+        worker = running.__enter__()
+        self._running[id(worker)] = running
+        return worker
+
+    def stop(self, worker: Worker) -> None:
+        """Stop a started worker cleanly (finishing its batch in hand) and wait for its thread."""
+        self._running.pop(id(worker)).__exit__(None, None, None)
+
+    def run_until(self, condition, what: str = "condition", slot: int = 0, name: str | None = None,
+                  timeout_s: float = WORKER_TIMEOUT_S, **overrides) -> Worker:
+        """Run a worker until ``condition()`` holds (failing after ``timeout_s``), then stop it."""
+        worker = self.start(slot=slot, name=name, **overrides)
+        try:
+            wait_for(condition, timeout_s=timeout_s, what=what)
+        finally:
+            self.stop(worker)
+        return worker
+
+    def cleanup(self) -> None:
+        for running in list(self._running.values()):
+            running.__exit__(None, None, None)
+        self._running.clear()
+
+
+@pytest.fixture
+def worker(redis_server, sqlite_url, namespace) -> WorkerFactory:
+    """A factory of fast in-process workers on the test's Redis, sink and namespace (arq's ``worker``);
+    any still running at the test's end are stopped."""
+    factory = WorkerFactory(redis_server.url, sqlite_url, namespace)
+    yield factory
+    factory.cleanup()

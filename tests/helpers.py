@@ -1,9 +1,12 @@
-"""Test helpers: a workload that remembers every row it produced, and row-by-row comparison."""
+"""Test helpers: fast consumer settings, in-process workers, a workload that remembers every row it
+produced, and row-by-row comparison."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +17,8 @@ from sqlalchemy.engine import make_url
 
 from common import schema
 from common.connections import simulation_db_url
-from common.settings import SIMULATION_ID_PLACEHOLDER
+from common.settings import SIMULATION_ID_PLACEHOLDER, ConsumerSettings
+from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
 
 ACTIONS = ("move", "gather", "attack")
@@ -29,6 +33,90 @@ def wait_for(condition, timeout_s: float = 30.0, interval_s: float = 0.05, what:
             return value
         time.sleep(interval_s)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+# -- fast consumers ---------------------------------------------------------------------------
+
+FAST = ("--block-ms", "100")
+"""CLI arguments for ``simstream consume`` in tests: a short blocking read, so stops and drains are quick."""
+
+LEFTOVERS = ("--wait-for-simulation-s", "0")
+"""CLI arguments for a drain run after consumers that may have finished everything: nothing left is
+nothing to wait for."""
+
+FAST_SETTINGS = {"block_ms": 100, "discover_interval_ms": 50}
+"""The same for an in-process worker: a short blocking read and frequent stream discovery."""
+
+WORKER_TIMEOUT_S = 60.0
+"""How long an in-process worker may take to drain or to meet a test's condition."""
+
+
+def fast_settings(redis_url: str, db_url: str, namespace: str, **overrides) -> ConsumerSettings:
+    """Consumer settings for an in-process worker: ``FAST_SETTINGS``, then the test's own ``overrides``."""
+    return ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace,
+                            **{**FAST_SETTINGS, **overrides})
+
+
+def run_to_exit(worker: Worker, timeout_s: float = WORKER_TIMEOUT_S) -> int:
+    """Run ``worker`` in a thread until its loop ends (drained or stopped); its exit code.
+
+    A worker still running after ``timeout_s`` is asked to stop and the test fails.
+    """
+    exit_codes: list[int] = []
+    thread = threading.Thread(target=lambda: exit_codes.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        worker.request_stop("test timeout")
+        thread.join(30)
+        pytest.fail(f"worker {worker.name} still running after {timeout_s}s")
+    assert exit_codes, f"worker {worker.name} raised (see the log above)"
+    return exit_codes[0]
+
+
+def drain_with_worker(redis_url: str, db_url: str, namespace: str, slot: int = 0, name: str = "test-worker",
+                      **overrides) -> Worker:
+    """Run one fast worker in this process until every simulation is persisted."""
+    worker = Worker(fast_settings(redis_url, db_url, namespace, drain=True, **overrides), slot=slot, name=name)
+    assert run_to_exit(worker) == 0
+    return worker
+
+
+def start_worker(redis_url: str, db_url: str, namespace: str, slot: int = 0, name: str = "test-worker",
+                 **overrides) -> tuple[Worker, threading.Thread]:
+    """A fast worker running in a thread of this process; the caller stops it (``request_stop``)."""
+    worker = Worker(fast_settings(redis_url, db_url, namespace, **overrides), slot=slot, name=name)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+@contextlib.contextmanager
+def worker_running(settings: ConsumerSettings, slot: int = 0, name: str = "test-worker"):
+    """A worker with ``settings`` in a thread while the block runs, stopped cleanly at its end."""
+    worker = Worker(settings, slot=slot, name=name)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.request_stop("test")
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def running_worker(redis_url: str, db_url: str, namespace: str, slot: int = 0, name: str = "test-worker",
+                   **overrides):
+    """One fast worker in a thread while the block runs (``with running_worker(...):``), stopped at its end."""
+    return worker_running(fast_settings(redis_url, db_url, namespace, **overrides), slot=slot, name=name)
+
+
+def run_worker_until(settings: ConsumerSettings, condition, what: str, slot: int = 0, name: str = "survivor",
+                     timeout_s: float = WORKER_TIMEOUT_S) -> Worker:
+    """Run a worker in a thread until ``condition()`` holds (failing after ``timeout_s``), then stop it."""
+    with worker_running(settings, slot=slot, name=name) as worker:
+        wait_for(condition, timeout_s=timeout_s, what=what)
+    return worker
 
 
 def produce_workload(logger: RedisBufferedDataLogger, steps: int, agents: int, resources: int = 5,

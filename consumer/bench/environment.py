@@ -29,6 +29,7 @@ from common.connections import create_sink_engine
 from consumer.ops.embedded_redis import EmbeddedRedis, free_port
 from common.errors import SimstreamError
 from common.masking import mask_secrets
+from common import replies
 from common.settings import ENV_DB_URL, ENV_REDIS_URL
 from common.workload import Mix
 
@@ -216,10 +217,8 @@ def group_progress(client: redis.Redis, stream: str, group: str) -> tuple[str, i
     except redis.ResponseError:
         return None  # the stream was removed: its simulation is complete and fully persisted
     for info in groups:
-        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-        if name == group:
-            last = info["last-delivered-id"]
-            return (last.decode() if isinstance(last, bytes) else last, int(info["pending"]),
+        if replies.text(info["name"]) == group:
+            return (replies.text(info["last-delivered-id"]), int(info["pending"]),
                     int(info["consumers"]))
     return ("0-0", 0, 0)
 

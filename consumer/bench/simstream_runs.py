@@ -26,7 +26,7 @@ import psutil
 import redis
 from sqlalchemy import func, select, text
 
-from common import faults, schema
+from common import faults, replies, schema
 from common.connections import create_sink_engine, ensure_schema
 from common.keys import Keys
 from common.settings import DEFAULT_GROUP
@@ -252,9 +252,9 @@ def _ack_state(client: redis.Redis, stream: str) -> tuple[str | None, bool]:
         info, groups = pipe.execute()
     except redis.ResponseError:
         return None, True  # removed: it is removed only once all is persisted
-    last_id = _text(info["last-generated-id"])
-    group = next((g for g in groups if _text(g["name"]) == DEFAULT_GROUP), None)
-    return last_id, group is not None and _text(group["last-delivered-id"]) == last_id and int(group["pending"]) == 0
+    last_id = replies.text(info["last-generated-id"])
+    group = next((g for g in groups if replies.text(g["name"]) == DEFAULT_GROUP), None)
+    return last_id, group is not None and replies.text(group["last-delivered-id"]) == last_id and int(group["pending"]) == 0
 
 
 def _pick(ordered: list[float], share: float) -> float:
@@ -313,14 +313,10 @@ def _recovery(client: redis.Redis, stream: str, killed_file: Path) -> tuple[floa
             still = client.xpending_range(stream, DEFAULT_GROUP, low, high, len(ids))
         except redis.ResponseError:
             return True  # the stream was removed: it is removed only once all is persisted
-        return not any(_text(row["message_id"]) in ids for row in still)
+        return not any(replies.text(row["message_id"]) in ids for row in still)
 
     poll_until(recovered, 120, _POLL_S, "the killed worker's entries to be committed again")
     return killed_at, time.monotonic() - killed_at
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _exited(pid: int) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from common.errors import ConfigurationError, RedisUnavailable
+from common.events import event
 from common.masking import mask_secrets
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ class EmbeddedRedis:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=_die_with_parent)
         self._wait_ready(timeout_s)
-        log.info("embedded_redis.started url=%s pid=%s binary=%s", mask_secrets(self.url), self.process.pid,
-                 self.binary)
+        event(log, logging.INFO, "embedded_redis.started", url=mask_secrets(self.url), redis_pid=self.process.pid,
+              binary=self.binary)
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:

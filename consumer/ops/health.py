@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from common import schema
+from common.events import event
 from common.settings import DEFAULT_ABANDONED_AFTER_S, SIMULATION_ID_PLACEHOLDER, is_per_simulation
 from consumer.failures import REDIS, SINK, Failure
 from consumer.stream_status import StreamStatus
@@ -133,12 +134,12 @@ def dead_letter_counts(db_url: str | None) -> dict[str, int] | None:
         args = {"connect_timeout": _DB_CONNECT_TIMEOUT_S} if url.get_backend_name() == "postgresql" else {}
         engine = create_engine(url, connect_args=args)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        log.debug("health.dead_letters_unknown error=%s", exc)
+        event(log, logging.DEBUG, "health.dead_letters_unknown", error=exc)
         return None
     try:
         return _count_by_simulation(engine)
     except SQLAlchemyError as exc:
-        log.debug("health.dead_letters_unknown error=%s", exc)
+        event(log, logging.DEBUG, "health.dead_letters_unknown", error=exc)
         return None
     finally:
         engine.dispose()

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from common.errors import ConfigurationError
+from common.events import event
 from common.keys import Keys
 from common.settings import ConsumerSettings
 from consumer.failures import Failure, read_failures
@@ -55,7 +56,7 @@ class RedisStateCollector(Collector):
         try:
             statuses = all_statuses(self.client, self.keys, self.settings.group)
         except redis.RedisError as exc:
-            log.debug("metrics.redis_unavailable error=%s", exc)
+            event(log, logging.DEBUG, "metrics.redis_unavailable", error=exc)
             up.add_metric([], 0)
             yield up
             return
@@ -107,7 +108,7 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int):
     except OSError as exc:
         raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
                                  "choose another --metrics-port") from exc
-    log.info("supervisor.metrics_serving address=http://%s:%d/metrics", host, server.server_port)
+    event(log, logging.INFO, "supervisor.metrics_serving", address=f"http://{host}:{server.server_port}/metrics")
     return server
 
 

@@ -14,13 +14,13 @@ from common.faults import CRASH_ENV, CRASH_ONCE_FILE_ENV
 from common.keys import Keys
 from common.stream_append import RECORDS_ADDED_FIELD
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, dead_letter_count, produce_workload, wait_for
+from tests.helpers import FAST, assert_rows_match, dead_letter_count, produce_workload, wait_for
+from tests.log_events import has_event
 from tests.integration.test_record_batches import (ACKED_FIELD, meta_of, records_by_entry,
                                                    wait_all_acknowledged)
 
 pytestmark = pytest.mark.timeout(240)
 
-FAST = ("--block-ms", "100")
 ENTRY_RECORDS = 50
 
 
@@ -43,14 +43,15 @@ def test_a_worker_killed_holding_batch_entries_is_replayed_with_exact_rows_and_c
     crash_env = {CRASH_ENV: f"{moment}:2", CRASH_ONCE_FILE_ENV: str(once)}
 
     # When: the supervisor runs it; it dies by SIGKILL and is restarted under the same name
-    consumers = cli.start("consume", "--processes", "1", "--batch-size", "2", *FAST, extra_env=crash_env)
+    consumers = cli.start("consume", "--processes", "1", "--batch-size", "2", "--log-json", *FAST,
+                          extra_env=crash_env)
     wait_for(once.exists, timeout_s=60, what="the worker to be killed")
     wait_all_acknowledged(client, keys, simulation_id)
 
     # Then: the kill happened; the restarted worker replayed what it held: every entry is
     # acknowledged, the records in acknowledged entries are counted once, and every row is there once
-    wait_for(lambda: "exit=-9" in cli.output(consumers), timeout_s=30, what="the supervisor to report the kill")
-    assert "supervisor.worker_died" in cli.output(consumers)
+    wait_for(lambda: has_event(cli.output(consumers), "supervisor.worker_died", exit=-9), timeout_s=30,
+             what="the supervisor to report the kill")
     meta = meta_of(client, keys, simulation_id)
     assert (meta.get(ACKED_FIELD), meta[RECORDS_ADDED_FIELD]) == (str(logged), str(logged)), meta
     assert_rows_match(sink_engine, simulation_id, expected)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import re
 import signal
 import time
 
@@ -15,11 +14,9 @@ import redis
 from common.settings import ConsumerSettings
 from consumer.worker import consumer_name, run_worker
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, dead_letter_count, produce_workload, wait_for
+from tests.helpers import FAST, LEFTOVERS, assert_rows_match, dead_letter_count, produce_workload, wait_for
+from tests.log_events import events_named, has_event
 
-FAST = ("--block-ms", "100")
-# A drain run after consumers that may have finished everything: nothing left is nothing to wait for.
-LEFTOVERS = ("--wait-for-simulation-s", "0")
 
 # Also on one SQLite file per simulation, PostgreSQL and a 3-master Redis Cluster (tests/conftest.py).
 pytestmark = pytest.mark.every_deployment
@@ -70,9 +67,9 @@ def worker_pids(supervisor) -> list[int]:
 def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, namespace, simulation_id):
     # Given: three consumer processes started before the simulation
     logger = new_logger(redis_server, namespace, simulation_id)
-    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "20", *FAST)
+    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "20", "--log-json", *FAST)
     logger.flush_all_buffers()  # registers the simulation, so each worker finds its stream
-    wait_for(lambda: cli.output(consumers).count("worker.stream_discovered") == 3, timeout_s=60,
+    wait_for(lambda: len(events_named(cli.output(consumers), "worker.stream_discovered")) == 3, timeout_s=60,
              what="all three workers to start")
 
     # When: the simulation logs while they run, then closes
@@ -84,9 +81,9 @@ def test_three_consumers_share_one_simulation(cli, redis_server, sink_engine, na
     assert_rows_match(sink_engine, simulation_id, expected)
     assert dead_letter_count(sink_engine) == 0
     log_lines = cli.output(consumers)
-    persisted_by = dict(re.findall(r"worker.summary consumer=(\S+) persisted=(\d+)", log_lines))
+    persisted_by = {line["consumer"]: line["persisted"] for line in events_named(log_lines, "worker.summary")}
     assert set(persisted_by) == {consumer_name(slot) for slot in range(3)}
-    assert all(int(count) > 0 for count in persisted_by.values()), log_lines
+    assert all(count > 0 for count in persisted_by.values()), log_lines
     # and once persisted, the simulation's keys are gone from Redis
     assert not redis_server.client().exists(f"{namespace}:{{{simulation_id}}}:stream")
 
@@ -103,12 +100,12 @@ def test_sigkill_at_the_dangerous_moment_then_restart_leaves_exact_rows(cli, red
     crash_env = {"SIMSTREAM_TEST_CRASH": f"{moment}:3", "SIMSTREAM_TEST_CRASH_ONCE_FILE": str(once)}
 
     # When: the supervisor runs it; it dies by SIGKILL and is restarted under the same name
-    result = cli.run("consume", "--processes", "1", "--drain", "--batch-size", "10", *FAST,
+    result = cli.run("consume", "--processes", "1", "--drain", "--batch-size", "10", "--log-json", *FAST,
                      extra_env=crash_env)
 
     # Then: the kill happened, the restarted worker replayed its pending entries, rows are exact
     assert once.exists(), "the worker was never killed"
-    assert "supervisor.worker_died" in result.stderr and "exit=-9" in result.stderr
+    assert has_event(result.stderr, "supervisor.worker_died", exit=-9), result.stderr
     assert result.returncode == 0, result.stderr
     assert_rows_match(sink_engine, simulation_id, expected)
     assert group_pending(redis_server, namespace, simulation_id)["pending"] == 0
@@ -164,11 +161,11 @@ def test_another_consumer_claims_a_dead_consumers_entries(cli, redis_server, sql
 
     # When: a different consumer runs with a short claim idle time
     result = cli.run("consume", "--processes", "1", "--drain", "--claim-idle-ms", "200",
-                     "--claim-interval-ms", "100", *FAST)
+                     "--claim-interval-ms", "100", "--log-json", *FAST)
 
     # Then: it claimed the dead consumer's entries and every row is there exactly once
     assert result.returncode == 0, result.stderr
-    assert "worker.claimed" in result.stderr
+    assert events_named(result.stderr, "worker.claimed"), result.stderr
     assert group_pending(redis_server, namespace, simulation_id)["consumers"].get(dead_name, 0) == 0
     assert_rows_match(sink_engine, simulation_id, expected)
 
@@ -178,7 +175,7 @@ def test_sigterm_mid_run_exits_zero_with_nothing_pending(cli, redis_server, sink
     logger = new_logger(redis_server, namespace, simulation_id)
     expected = produce_workload(logger, steps=300, agents=30)
     logger.close()
-    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "20", *FAST)
+    supervisor = cli.start("consume", "--processes", "2", "--batch-size", "20", "--log-json", *FAST)
     wait_for(lambda: delivered_any(redis_server, namespace, simulation_id), what="consumers at work")
 
     # When: the supervisor gets SIGTERM mid-run
@@ -187,7 +184,7 @@ def test_sigterm_mid_run_exits_zero_with_nothing_pending(cli, redis_server, sink
     # Then: every worker finishes its batch, commits, acks and exits 0; nothing is left pending
     assert supervisor.wait(60) == 0, cli.output(supervisor)
     assert group_pending(redis_server, namespace, simulation_id)["pending"] == 0
-    assert "worker.summary" in cli.output(supervisor)
+    assert events_named(cli.output(supervisor), "worker.summary")
     # and the rest is persisted by a later run, still one row per record
     assert cli.run("consume", "--drain", *FAST, *LEFTOVERS).returncode == 0
     assert_rows_match(sink_engine, simulation_id, expected)

@@ -17,9 +17,7 @@ from consumer.ops.embedded_redis import free_port
 from common.keys import Keys
 from consumer.worker import consumer_name
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, total_expected, wait_for
-
-FAST = ("--block-ms", "100")
+from tests.helpers import FAST, assert_rows_match, produce_workload, total_expected, wait_for
 
 
 def scrape(port: int) -> dict[str, list]:

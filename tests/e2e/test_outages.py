@@ -16,12 +16,9 @@ from sqlalchemy import select
 from common import schema
 from common.keys import Keys
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, stream_records, wait_for
+from tests.helpers import FAST, LEFTOVERS, assert_rows_match, produce_workload, stream_records, wait_for
+from tests.log_events import events_named
 from tests.proxy import ReplyDroppingProxy
-
-FAST = ("--block-ms", "100")
-# A drain run after consumers that may have finished everything: nothing left is nothing to wait for.
-LEFTOVERS = ("--wait-for-simulation-s", "0")
 
 
 def merge(into: dict[str, Counter], part: dict[str, Counter]) -> dict[str, Counter]:
@@ -51,10 +48,11 @@ def test_redis_killed_mid_run_and_restarted_on_its_aof_loses_and_doubles_nothing
         cli, redis_server, sink_engine, namespace, simulation_id, tmp_path):
     # Given: a simulation logging while two consumers persist
     logger = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
-    consumers = cli.start("consume", "--processes", "2", "--batch-size", "200", *FAST)
+    consumers = cli.start("consume", "--processes", "2", "--batch-size", "200", "--log-json", *FAST)
     expected = produce_workload(logger, steps=20, agents=10)
     logger.flush_all_buffers()
-    wait_for(lambda: cli.output(consumers).count("worker.stream_discovered") == 2, what="consumers at work")
+    wait_for(lambda: len(events_named(cli.output(consumers), "worker.stream_discovered")) == 2,
+             what="consumers at work")
 
     # When: Redis is SIGKILLed and stays down for seconds while the simulation keeps logging
     redis_server.kill()
@@ -210,7 +208,7 @@ def test_redis_connections_cut_mid_batch_are_reopened_and_nothing_is_lost(
     logger = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
     expected = produce_workload(logger, steps=200, agents=20)
     logger.close()
-    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "2", *FAST)
+    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "2", "--log-json", *FAST)
 
     # When: every client connection is killed again and again while they work
     client = redis_server.client()
@@ -223,7 +221,7 @@ def test_redis_connections_cut_mid_batch_are_reopened_and_nothing_is_lost(
     # Then: they reconnect, replay their own pending entries and finish with every row once
     assert killed > 0
     assert consumers.wait(60) == 0, cli.output(consumers)
-    assert "worker.transient_error" in cli.output(consumers)
+    assert events_named(cli.output(consumers), "worker.transient_error")
     assert_rows_match(sink_engine, simulation_id, expected)
 
 
@@ -236,8 +234,8 @@ def test_a_redis_restarted_empty_is_handled_without_crash_loop(cli, redis_binary
     cli.env["SIMSTREAM_REDIS_URL"] = server.url
     try:
         logger = quick_logger(server.url, namespace, simulation_id, tmp_path)
-        consumers = cli.start("consume", *FAST)
-        wait_for(lambda: "worker.started" in cli.output(consumers), what="the consumer to start")
+        consumers = cli.start("consume", "--log-json", *FAST)
+        wait_for(lambda: events_named(cli.output(consumers), "worker.started"), what="the consumer to start")
         expected = produce_workload(logger, steps=20, agents=5)
         logger.flush_all_buffers()
         wait_for(lambda: rows_in(sink_engine, schema.agent_actions) == 200, what="the first part persisted")
@@ -253,7 +251,7 @@ def test_a_redis_restarted_empty_is_handled_without_crash_loop(cli, redis_binary
         consumers.terminate()
         assert consumers.wait(60) == 0
         output = cli.output(consumers)
-        assert "worker.group_missing" in output and "supervisor.worker_died" not in output
+        assert events_named(output, "worker.group_missing") and not events_named(output, "supervisor.worker_died")
         assert_rows_match(sink_engine, simulation_id, expected)
     finally:
         server.stop()

@@ -7,9 +7,8 @@ import time
 from sqlalchemy import create_engine
 
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, dead_letter_count, produce_workload, wait_for
-
-FAST = ("--block-ms", "100")
+from tests.helpers import FAST, assert_rows_match, dead_letter_count, produce_workload, wait_for
+from tests.log_events import events_in, events_named
 
 
 def test_parallel_consumers_whose_connections_are_cut_write_every_row_once(
@@ -21,8 +20,8 @@ def test_parallel_consumers_whose_connections_are_cut_write_every_row_once(
         logger = RedisBufferedDataLogger(sim, redis_server.url, namespace=namespace, batch_size=500)
         expected[sim] = produce_workload(logger, steps=120, agents=15)
         logger.close()
-    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "100", *FAST)
-    wait_for(lambda: "worker.started" in cli.output(consumers), what="a consumer at work")
+    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "100", "--log-json", *FAST)
+    wait_for(lambda: events_named(cli.output(consumers), "worker.started"), what="a consumer at work")
 
     # When: the server cuts every consumer connection again and again while they work
     cut = 0
@@ -34,7 +33,8 @@ def test_parallel_consumers_whose_connections_are_cut_write_every_row_once(
     # Then: they retry, exit 0 once all is persisted, and every row is in PostgreSQL exactly once
     assert consumers.wait(60) == 0, cli.output(consumers)
     output = cli.output(consumers)
-    assert cut > 0 and ("worker.db_retry" in output or "worker.transient_error" in output), output
+    retried = {line["event"] for line in events_in(output)} & {"worker.db_retry", "worker.transient_error"}
+    assert cut > 0 and retried, output
     engine = create_engine(postgres_schema.url)
     try:
         for sim, rows in expected.items():

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, wait_for
+from tests.helpers import FAST, assert_rows_match, produce_workload, wait_for
+from tests.log_events import events_named
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ("--block-ms", "100")
 SHORT = ("--abandoned-after-s", "1")
 
 # A simulation program: logs a run, sends it to Redis, then either hangs (to be SIGKILLed) or ends
@@ -110,8 +110,9 @@ def test_an_abandoned_simulation_does_not_hold_up_drain_and_a_new_producer_reviv
 def test_drain_started_before_its_simulation_waits_for_it_and_drains_it(cli, redis_server, sink_engine,
                                                                          namespace, simulation_id):
     # Given: consume --drain started while no simulation exists
-    consumers = cli.start("consume", "--drain", *FAST, "--wait-for-simulation-s", "120")
-    wait_for(lambda: "supervisor.waiting_for_simulation" in cli.output(consumers), what="the drain to wait")
+    consumers = cli.start("consume", "--drain", *FAST, "--wait-for-simulation-s", "120", "--log-json")
+    wait_for(lambda: events_named(cli.output(consumers), "supervisor.waiting_for_simulation"),
+             what="the drain to wait")
 
     # When: the simulation then runs and closes
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, batch_size=200)

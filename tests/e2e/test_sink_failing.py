@@ -23,6 +23,7 @@ from tests.conftest import Cli
 from tests.e2e.test_metrics_and_progress import scrape, try_scrape
 from tests.helpers import (assert_rows_match, dead_letter_count, persisted_identities, produce_workload,
                            total_expected, wait_for)
+from tests.log_events import events_named
 
 pytestmark = pytest.mark.newest_redis
 
@@ -64,7 +65,7 @@ def test_a_database_refusing_writes_is_sink_failing_acks_nothing_and_everything_
     engine = create_engine(postgres_schema.url)
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace, batch_size=500)
     port = free_port()
-    consumer = cli.start("consume", "--block-ms", "100", "--metrics-port", str(port), *FAILING_AFTER)
+    consumer = cli.start("consume", "--block-ms", "100", "--metrics-port", str(port), "--log-json", *FAILING_AFTER)
     try:
         first = produce_workload(logger, steps=4, agents=3)
         logger.flush_all_buffers()
@@ -109,7 +110,7 @@ def test_a_database_refusing_writes_is_sink_failing_acks_nothing_and_everything_
         assert dead_letter_count(engine) == 0
         stream = wait_for(lambda: (s := status_of(cli, simulation_id))["backlog"] == 0 and s, what="no backlog")
         assert stream["health"] == "ok" and stream["failing"] is None
-        assert consumer.poll() is None and "supervisor.worker_died" not in cli.output(consumer)
+        assert consumer.poll() is None and not events_named(cli.output(consumer), "supervisor.worker_died")
     finally:
         logger.close()
         cli.cleanup()

@@ -18,11 +18,8 @@ from common.keys import Keys
 from consumer.stream_status import stream_status
 from producer import RedisBufferedDataLogger
 from tests.e2e.test_crash_and_replay import worker_pids
-from tests.helpers import assert_rows_match, produce_workload, total_expected, wait_for
+from tests.helpers import FAST, LEFTOVERS, assert_rows_match, produce_workload, total_expected, wait_for
 
-FAST = ("--block-ms", "100")
-# A drain run after consumers that may have finished everything: nothing left is nothing to wait for.
-LEFTOVERS = ("--wait-for-simulation-s", "0")
 
 # Long runs go on the newest Redis only; the shorter fault tests cover every version.
 NEWEST_REDIS = pytest.mark.newest_redis

@@ -7,9 +7,8 @@ import signal
 
 from common.keys import Keys
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, total_expected, wait_for
+from tests.helpers import FAST, assert_rows_match, produce_workload, total_expected, wait_for
 
-FAST = ("--block-ms", "100")
 NEVER_STUCK = ("--stuck-after-ms", "3600000", "--claim-idle-ms", "3600000")
 
 

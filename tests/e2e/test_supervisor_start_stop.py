@@ -8,6 +8,7 @@ import time
 import psutil
 
 from tests.helpers import wait_for
+from tests.log_events import has_event
 
 
 def workers(supervisor) -> list[psutil.Process]:
@@ -17,7 +18,7 @@ def workers(supervisor) -> list[psutil.Process]:
 
 def test_sigterm_while_workers_are_still_starting_stops_them_cleanly(cli):
     # Given: a supervisor that has just spawned its workers (still importing, no handler yet)
-    supervisor = cli.start("consume", "--processes", "2", "--block-ms", "100")
+    supervisor = cli.start("consume", "--processes", "2", "--block-ms", "100", "--log-json")
     wait_for(lambda: len(workers(supervisor)) == 2, interval_s=0.005, what="workers spawned")
 
     # When: it is asked to stop at once
@@ -25,7 +26,7 @@ def test_sigterm_while_workers_are_still_starting_stops_them_cleanly(cli):
 
     # Then: every worker stops cleanly (by its handler, or before it had read anything)
     assert supervisor.wait(60) == 0, cli.output(supervisor)
-    assert "exit_codes=[0, 0]" in cli.output(supervisor)
+    assert has_event(cli.output(supervisor), "supervisor.stopped", workers=2, exit_codes="[0, 0]")
 
 
 def test_a_worker_killed_while_starting_does_not_hold_up_the_stop(cli):

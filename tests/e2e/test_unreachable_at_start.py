@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload
+from tests.helpers import FAST, assert_rows_match, produce_workload
 
-FAST = ("--block-ms", "100")
 LOG_CALL_BOUND_S = 1.0  # far above a log() call's microseconds, far below the outage it rides out
 
 

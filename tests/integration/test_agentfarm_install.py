@@ -13,15 +13,13 @@ import datetime
 import importlib
 import sqlite3
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
-from common.settings import ConsumerSettings
-from consumer.worker import Worker
+from tests.helpers import start_worker
 
 STANDIN = Path(__file__).resolve().parents[1] / "agentfarm_standin"
 TABLES = ("experiments", "simulations", "simulation_config", "agents", "agent_states", "resource_states",
@@ -121,10 +119,7 @@ def test_a_run_through_install_leaves_the_file_its_own_logger_would(farm, redis_
     # Given: the run once as it is (the oracle), and a consumer reading the simulation's own files
     oracle_path, oracle_seen = scripted_run(farm, tmp_path / "own", simulation_id)
     template = f"sqlite:///{tmp_path / 'through'}/simulation_{{simulation_id}}.db"
-    worker = Worker(ConsumerSettings(redis_url=redis_server.url, db_url=template, namespace=namespace,
-                                     block_ms=100, discover_interval_ms=50), name="consumer-0")
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
+    worker, thread = start_worker(redis_server.url, template, namespace, name="consumer-0")
 
     # When: the same run with simstream installed (the simulation never closes the logger)
     with install(redis_server.url, namespace=namespace, validation_wait_s=60) as installation:

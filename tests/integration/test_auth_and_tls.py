@@ -10,11 +10,9 @@ import os
 import pytest
 import redis
 
-from common.settings import ConsumerSettings
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
-from tests.helpers import assert_rows_match, produce_workload
+from tests.helpers import assert_rows_match, drain_with_worker, produce_workload
 from tests.secure_redis import AclUser, SecuredRedis, leaks, make_tls_files, new_password, tls_binary
 
 pytestmark = pytest.mark.timeout(120)
@@ -113,9 +111,7 @@ def test_tls_only_redis_with_the_ca_as_a_setting(tls_redis, tmp_path, simulation
     expected = produce_workload(logger, steps=10, agents=5)
     assert logger.close().all_in_redis
     status = cli_for(tmp_path, url, sqlite_url, namespace).run("status", "--json", "--redis-ca-certs", ca)
-    settings = ConsumerSettings(redis_url=url, redis_ca_certs=ca, db_url=sqlite_url, namespace=namespace,
-                                drain=True, block_ms=100, discover_interval_ms=50)
-    assert Worker(settings, slot=0, name="tls-worker").run() == 0
+    drain_with_worker(url, sqlite_url, namespace, name="tls-worker", redis_ca_certs=ca)  # asserts exit code 0
 
     # Then: status saw the simulation, and every row arrived
     assert status.returncode == 0 and simulation_id in status.stdout, status.stderr

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from common.settings import ConsumerSettings
+from common.events import fields_of
 from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
-from tests.helpers import produce_workload
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import drain_with_worker, fast_settings, produce_workload
 
 
 def test_a_stream_a_peer_removed_as_finished_is_forgotten_without_a_warning(
@@ -18,8 +17,7 @@ def test_a_stream_a_peer_removed_as_finished_is_forgotten_without_a_warning(
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace)
     produce_workload(logger, steps=3, agents=2)
     assert logger.close().complete
-    settings = ConsumerSettings(redis_url=redis_server.url, db_url=sqlite_url, namespace=namespace,
-                                block_ms=100, discover_interval_ms=60_000)
+    settings = fast_settings(redis_server.url, sqlite_url, namespace, discover_interval_ms=60_000)
     reader = Worker(settings, slot=1, name="reader")
     reader._connect()
     reader.discover_streams()
@@ -37,4 +35,5 @@ def test_a_stream_a_peer_removed_as_finished_is_forgotten_without_a_warning(
     # Then: the reader let go of the stream, said so at INFO, and neither warned nor counted a retry
     assert reader._streams == {} and reader.stats.retried == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert any(r.getMessage().startswith("worker.stream_finished") for r in caplog.records)
+    assert any(fields_of(r) == ("worker.stream_finished", {"consumer": "reader", "simulation": simulation_id})
+               for r in caplog.records)

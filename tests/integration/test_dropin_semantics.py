@@ -9,23 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from common import schema
-from common.settings import ConsumerSettings
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
 from tests.helpers import stream_records as records_in_stream
 
 AGENT_COLUMNS = {"birth_time": 0, "agent_type": "system", "position_x": 1.0, "position_y": 2.0,
                  "initial_resources": 5.0, "starting_health": 10.0, "genome_id": "g1", "generation": 1,
                  "action_weights": {"move": 1.0}}
-
-
-def drain(redis_url: str, db_url: str, namespace: str, slot: int) -> Worker:
-    """One in-process consumer (its own name) until every simulation is persisted."""
-    settings = ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace, drain=True,
-                                block_ms=100, discover_interval_ms=50)
-    worker = Worker(settings, slot=slot, name=f"consumer-{slot}")
-    assert worker.run() == 0
-    return worker
 
 
 def log_agent(logger: RedisBufferedDataLogger, agent_id: str = "a1") -> None:
@@ -48,24 +37,24 @@ def run_part(redis_server, namespace, simulation_id, body) -> None:
 
 
 def test_a_death_and_states_committed_before_their_agent_row_end_complete(
-        redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+        redis_server, sqlite_url, sink_engine, simulation_id, namespace, worker):
     # Given: a consumer commits the agent's states, action and death before its agent row exists
     def before(logger):
         logger.log_step(1, [("a1", 1.0, 2.0, 3.0, 9.0, 10.0, 0, False, 0.5, 1)], [], {"total_agents": 1})
         logger.log_agent_action(2, "a1", "move")
         logger.update_agent_death("a1", 3, cause="combat")
     run_part(redis_server, namespace, simulation_id, before)
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain(slot=0)
     [placeholder] = rows(sink_engine, schema.agents, simulation_id)
     assert placeholder["death_time"] == 3 and placeholder["agent_type"] is None
 
     # When: another consumer commits the agent row afterwards, then the agent row and the death
     # are delivered once more (at-least-once)
     run_part(redis_server, namespace, simulation_id, log_agent)
-    drain(redis_server.url, sqlite_url, namespace, slot=1)
+    worker.drain(slot=1)
     run_part(redis_server, namespace, simulation_id,
              lambda logger: (log_agent(logger), logger.update_agent_death("a1", 3, cause="combat")))
-    drain(redis_server.url, sqlite_url, namespace, slot=2)
+    worker.drain(slot=2)
 
     # Then: one complete agent row, death_time kept, every dependent row present
     [agent] = rows(sink_engine, schema.agents, simulation_id)
@@ -78,11 +67,12 @@ def test_a_death_and_states_committed_before_their_agent_row_end_complete(
         (3, 0.0, 0.0, "combat", json.dumps({"final_state": "dead"}))}
 
 
-def test_agent_row_then_death_gives_the_same_row(redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+def test_agent_row_then_death_gives_the_same_row(redis_server, sqlite_url, sink_engine, simulation_id, namespace,
+                                                 worker):
     run_part(redis_server, namespace, simulation_id, log_agent)
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain(slot=0)
     run_part(redis_server, namespace, simulation_id, lambda logger: logger.update_agent_death("a1", 7))
-    drain(redis_server.url, sqlite_url, namespace, slot=1)
+    worker.drain(slot=1)
     [agent] = rows(sink_engine, schema.agents, simulation_id)
     assert agent == {"simulation_id": simulation_id, "agent_id": "a1", "death_time": 7, **AGENT_COLUMNS}
     [incident] = rows(sink_engine, schema.health_incidents, simulation_id)
@@ -98,7 +88,7 @@ def stream_records(redis_server, namespace, simulation_id):
 
 
 def test_discard_pending_agents_drops_pending_actions_and_retracts_the_agents(
-        redis_server, sqlite_url, sink_engine, simulation_id, namespace):
+        redis_server, sqlite_url, sink_engine, simulation_id, namespace, worker):
     # Given: a sender that does not take records until flushed; three agents, their actions and
     # an incident logged; a1's action and a3's agent row already on their way (flushed)
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace,
@@ -126,7 +116,7 @@ def test_discard_pending_agents_drops_pending_actions_and_retracts_the_agents(
     assert [r.fields["agent_id"] for r in records if r.kind == "agent"] == ["a1", "a3"]
     assert sorted(r.fields["agent_id"] for r in records if r.kind == "agent_retraction") == ["a2", "a3", "nobody"]
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain(slot=0)
     assert [a["agent_id"] for a in rows(sink_engine, schema.agents, simulation_id)] == ["a1"]
     actions = sorted((a["agent_id"], a["action_type"]) for a in rows(sink_engine, schema.agent_actions, simulation_id))
     assert actions == [("a1", "gather"), ("a3", "move")]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from common.keys import Keys
-from common.settings import ConsumerSettings
 from consumer.group_cleanup import remove_dead_consumers
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, wait_for
+from tests.helpers import assert_rows_match, fast_settings, produce_workload, run_worker_until
 
 GROUP = "simstream"
 
@@ -46,20 +43,6 @@ def test_only_idle_consumers_holding_nothing_are_removed_and_never_ourselves(red
     assert consumer_names(client, "s") == {"me": 0}
 
 
-def run_worker_until(settings: ConsumerSettings, condition, what: str) -> Worker:
-    """Run a worker in a thread until ``condition()`` holds, then stop it cleanly."""
-    worker = Worker(settings, slot=0, name="survivor")
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(condition, what=what)
-    finally:
-        worker.request_stop("test")
-        thread.join(30)
-    assert not thread.is_alive()
-    return worker
-
-
 def test_a_dead_consumers_name_disappears_after_its_entries_are_claimed_and_not_before(
         redis_server, sqlite_url, sink_engine, namespace, simulation_id):
     # Given: a consumer that took entries of a running simulation and died without acknowledging
@@ -70,8 +53,7 @@ def test_a_dead_consumers_name_disappears_after_its_entries_are_claimed_and_not_
     logger.flush_all_buffers()
     client.xgroup_create(stream, GROUP, id="0")
     client.xreadgroup(GROUP, "ghost", {stream: ">"}, count=5)
-    settings = ConsumerSettings(redis_url=redis_server.url, db_url=sqlite_url, namespace=namespace,
-                                block_ms=10, claim_interval_ms=20, discover_interval_ms=50)
+    settings = fast_settings(redis_server.url, sqlite_url, namespace, block_ms=10, claim_interval_ms=20)
 
     # When: a live worker runs many claim passes while the ghost's entries are not yet claimable
     patient = settings.replace(claim_idle_ms=3_600_000)

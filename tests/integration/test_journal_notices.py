@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from common.events import fields_of
 from consumer.ops.embedded_redis import free_port
 from common.journal import journals_for
 from common.keys import Keys
@@ -18,8 +19,9 @@ def quick(url: str, namespace: str, simulation_id: str, journal_dir, **options) 
                           spill_after_s=0.1, journal_retry_interval_s=0.1, **options)
 
 
-def warnings_named(caplog, event: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith(event)]
+def warnings_named(caplog, event: str) -> list[dict]:
+    """The fields of each warning that is the event ``event``."""
+    return [fields_of(r)[1] for r in caplog.records if r.levelno == logging.WARNING and fields_of(r)[0] == event]
 
 
 def producers_in_stream(redis_server, namespace: str, simulation_id: str) -> set[str]:
@@ -54,7 +56,7 @@ def test_the_end_of_an_outage_is_a_line_with_the_records_replayed_and_no_empty_f
     replayed = producer.stats()["replayed"]
     assert replayed >= 5  # the five actions (and the end record, if it was logged before the replay)
     [ended] = warnings_named(caplog, "producer.outage_ended")
-    assert f"simulation={simulation_id}" in ended and f"journaled_records_replayed={replayed}" in ended
+    assert ended["simulation"] == simulation_id and ended["journaled_records_replayed"] == replayed
     # and the journal folder it created is gone once empty
     assert not journal_dir.exists()
 
@@ -76,8 +78,8 @@ def test_an_earlier_runs_journal_is_named_and_replayed_or_left_on_disk_as_config
 
     # Then: a warning names the journal, its records and age, and says it was left on disk untouched
     [found] = warnings_named(caplog, "producer.earlier_journal_found")
-    assert f"journal={journal}" in found and "records=5" in found and "age_s=" in found
-    assert f"left on disk: simstream replay-journal {journal}" in found
+    assert found["journal"] == str(journal) and found["records"] == 5 and isinstance(found["age_s"], int)
+    assert found["action"] == f"left on disk: simstream replay-journal {journal}"
     assert journal.exists()
     assert producers_in_stream(redis_server, namespace, simulation_id) == {kept.producer_id}
 
@@ -88,7 +90,7 @@ def test_an_earlier_runs_journal_is_named_and_replayed_or_left_on_disk_as_config
 
     # Then: the same warning says it is replayed into this run, and it was: its records are in the stream
     [found] = warnings_named(caplog, "producer.earlier_journal_found")
-    assert f"journal={journal}" in found and "records=5" in found and "action=replay into this run" in found
+    assert found["journal"] == str(journal) and found["records"] == 5 and found["action"] == "replay into this run"
     assert producers_in_stream(redis_server, namespace, simulation_id) == {
         kept.producer_id, earlier.producer_id, replaying.producer_id}
     assert not journal_dir.exists()

@@ -28,12 +28,13 @@ from common.rows import row_columns
 from consumer.sink import DeadLetter, Sink
 from consumer.stream_reader import Entry
 from producer import RedisBufferedDataLogger
+from tests.helpers import FAST
+from tests.log_events import events_in, has_event
 
 pytestmark = [pytest.mark.newest_redis, pytest.mark.timeout(300)]
 
 VALID = 3000
 DRAIN_WITHIN_S = 60
-FAST = ("--block-ms", "100", "--batch-size", "500")
 WORKER_EXITS = ("supervisor.worker_died", "supervisor.worker_failed", "worker.failed")
 
 
@@ -159,13 +160,14 @@ def assert_bad_values_reached_redis(client, stream: str, bad: dict) -> dict[int,
 def consume_until_drained(cli, db_url: str) -> str:
     """``simstream consume --drain``: exits 0, within DRAIN_WITHIN_S, no worker exiting on the way."""
     started = time.monotonic()
-    result = cli.run("consume", "--processes", "1", "--drain", "--db", db_url, *FAST, timeout=DRAIN_WITHIN_S + 30)
+    result = cli.run("consume", "--processes", "1", "--drain", "--db", db_url, *FAST, "--batch-size", "500",
+                     "--log-json", timeout=DRAIN_WITHIN_S + 30)
     elapsed_s = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-2000:]
     assert elapsed_s < DRAIN_WITHIN_S, f"drain took {elapsed_s:.1f}s"
-    assert not [event for event in WORKER_EXITS if event in output], output[-2000:]
-    assert "restarts=0" in output
+    assert not [line for line in events_in(result.stderr) if line["event"] in WORKER_EXITS], output[-2000:]
+    assert has_event(result.stderr, "supervisor.summary", restarts=0), output[-2000:]
     return output
 
 

@@ -10,8 +10,8 @@ from common.errors import ConfigurationError, ExitCode
 from common.keys import Keys
 from common.settings import ConsumerSettings
 from producer import RedisBufferedDataLogger
-from tests.helpers import PerSimulationEngines, assert_rows_match, dead_letter_count, produce_workload
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import (PerSimulationEngines, assert_rows_match, dead_letter_count, drain_with_worker,
+                           produce_workload)
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from common.keys import Keys
 from consumer.ops.cli import cli
 from consumer.ops.dead_letters import list_dead_letters, purge_dead_letters, retry_dead_letters
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import assert_rows_match, drain_with_worker, produce_workload
 
 WORKER_NAME = "test-worker"
 

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 
 import pytest
 
 from common.errors import GroupMissing, PersistTimeout
 from common.keys import Keys
-from common.settings import ConsumerSettings
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
-from tests.helpers import assert_rows_match, produce_workload, wait_for
-
-
-@contextlib.contextmanager
-def running_worker(redis_url: str, db_url: str, namespace: str, group: str = "simstream"):
-    """One consumer in a thread of this process, stopped cleanly at the end."""
-    settings = ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace, group=group,
-                                block_ms=100, discover_interval_ms=50, trim_interval_ms=50)
-    worker = Worker(settings, slot=0, name="test-worker")
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.request_stop("test")
-        thread.join(30)
-    assert not thread.is_alive()
+from tests.helpers import assert_rows_match, produce_workload, running_worker, wait_for
 
 
 def test_wait_persisted_returns_once_the_rows_are_committed_and_not_before(
@@ -52,7 +32,7 @@ def test_wait_persisted_returns_once_the_rows_are_committed_and_not_before(
     assert f"{logged} records of this producer not yet persisted by consumer group 'readers'" in message
     assert f"{logged} not yet delivered" in message and "\n" not in message
 
-    with running_worker(redis_server.url, sqlite_url, namespace, group="readers"):
+    with running_worker(redis_server.url, sqlite_url, namespace, group="readers", trim_interval_ms=50):
         # When: a consumer of that group runs and the producer waits for its writes
         logger.flush_all_buffers(wait_persisted=True, timeout_s=60)
         # Then: every row is readable at once, no polling
@@ -92,7 +72,7 @@ def test_without_a_consumer_group_wait_persisted_says_so_at_once(redis_server, n
 
 def test_wait_persisted_on_a_redis_cluster(redis_cluster, sqlite_url, sink_engine, namespace, simulation_id):
     # Given: a consumer and a producer on a 3-master cluster, each given a different node's address
-    with running_worker(redis_cluster.nodes[1].url, sqlite_url, namespace):
+    with running_worker(redis_cluster.nodes[1].url, sqlite_url, namespace, trim_interval_ms=50):
         logger = RedisBufferedDataLogger(simulation_id, redis_cluster.nodes[2].url, namespace=namespace,
                                          batch_size=100)
         expected = produce_workload(logger, steps=4, agents=3)

@@ -11,7 +11,6 @@ from common.recent_state import RecentStates
 from common.tiers import RedisIMConfig, RedisSTMConfig, TierKeys, make_entry, pack_entry, unpack_entry
 from producer import RedisBufferedDataLogger
 from tests.helpers import wait_for
-from tests.integration.test_dropin_semantics import drain
 
 STM = RedisSTMConfig(ttl_s=300, memory_limit=5)
 IM = RedisIMConfig(ttl_s=3000, memory_limit=8, compression_level=6)
@@ -101,13 +100,13 @@ def test_memory_per_agent_stays_bounded(redis_server, client, namespace, simulat
 
 
 def test_reads_span_both_tiers_then_sql_and_fall_back_when_keys_expire(
-        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id):
+        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id, worker):
     # Given: 20 steps in Redis (5 in STM, 8 in IM) and all of them persisted to SQL
     short = RedisSTMConfig(ttl_s=2, memory_limit=5)
     brief = RedisIMConfig(ttl_s=3, memory_limit=8)
     logger = run(redis_server, namespace, simulation_id, steps=20, stm=short, im=brief)
     assert logger.close().complete
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain()
     reader = RecentStates(client, namespace, short, brief, engine=sink_engine)
     redis_only = RecentStates(client, namespace, short, brief)
     newest = [expected_entry("a1", step) for step in range(20, 0, -1)]
@@ -130,7 +129,7 @@ def test_reads_span_both_tiers_then_sql_and_fall_back_when_keys_expire(
 
 
 def test_evicted_tier_keys_fall_back_to_sql_and_volatile_ttl_never_evicts_the_stream(
-        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id):
+        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id, worker):
     # Given: tiers for many agents, and a stream not yet persisted
     logger = RedisBufferedDataLogger(simulation_id, redis_server.url, namespace=namespace,
                                      redis_stm_config=STM, redis_im_config=IM)
@@ -153,7 +152,7 @@ def test_evicted_tier_keys_fall_back_to_sql_and_volatile_ttl_never_evicts_the_st
     # Then: only tier keys went; the stream is whole, and every read still answers, from SQL
     assert client.xlen(f"{namespace}:{{{simulation_id}}}:stream") == stream_length
     assert logger.close().complete
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain()
     reader = RecentStates(client, namespace, STM, IM, engine=sink_engine)
     for agent_id in agents:
         assert reader.recent_states(simulation_id, agent_id, 3) == [expected_entry(agent_id, s) for s in (15, 14, 13)]
@@ -182,7 +181,7 @@ def test_tier_keys_share_the_simulations_cluster_slot_and_configs_are_validated(
 
 
 def test_a_tier_that_lost_a_key_is_cleared_so_redis_never_answers_with_a_hole(
-        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id):
+        redis_server, client, sqlite_url, sink_engine, namespace, simulation_id, worker):
     # Given: steps 1..20 persisted; STM holds 16..20, IM 8..15; then the STM timeline is evicted
     logger = run(redis_server, namespace, simulation_id, steps=20)
     assert logger.flush_all_buffers().all_in_redis
@@ -196,7 +195,7 @@ def test_a_tier_that_lost_a_key_is_cleared_so_redis_never_answers_with_a_hole(
     # When: the agent writes again
     logger.log_step(21, [state("a1", 21)], [], {})
     assert logger.close().complete
-    drain(redis_server.url, sqlite_url, namespace, slot=0)
+    worker.drain()
 
     # Then: the broken tiers were cleared and restarted; reads continue seamlessly from SQL
     assert steps_in(client, stm_timeline) == [21] and client.exists(im_hash, im_timeline) == 0

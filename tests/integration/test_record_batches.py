@@ -38,9 +38,7 @@ from common.stream_append import ACKED_FIELD_PREFIX, RECORDS_ADDED_FIELD, append
 from consumer.ops.dead_letters import retry_dead_letters
 from consumer.stream_status import stream_status, text_dict
 from producer import StreamProducer
-from tests.helpers import wait_for
-from tests.integration.test_read_your_writes import running_worker
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import drain_with_worker, running_worker, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -335,7 +333,7 @@ def test_a_dead_letter_redriven_while_its_simulation_runs_is_appended_again_not_
     records = [*actions(range(5)), ("agent_action", action(5, step_number=2**63)), *actions(range(6, 11))]
     [batch] = batches_of(simulation_id, "p1", records)
     entry_id = append_entries(client, keys, simulation_id, [batch], layout=STANDALONE).last_entry_id
-    with running_worker(redis_server.url, sqlite_url, namespace):
+    with running_worker(redis_server.url, sqlite_url, namespace, trim_interval_ms=50):
         wait_all_acknowledged(client, keys, simulation_id)
         wait_for(lambda: dead_letters_in(sink_engine), what="the dead letter")
         [letter] = dead_letters_in(sink_engine)
@@ -374,7 +372,7 @@ def test_a_stream_half_in_the_old_format_half_in_record_batches_is_drained_exact
     before = stream_status(client, keys, GROUP, simulation_id)
 
     # When: a consumer persists everything in the stream
-    with running_worker(redis_server.url, sqlite_url, namespace):
+    with running_worker(redis_server.url, sqlite_url, namespace, trim_interval_ms=50):
         wait_all_acknowledged(client, keys, simulation_id)
         after = stream_status(client, keys, GROUP, simulation_id)
         acked = meta_of(client, keys, simulation_id).get(ACKED_FIELD)

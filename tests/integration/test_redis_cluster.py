@@ -15,8 +15,7 @@ from consumer.ops.status_view import status_report
 from consumer.stream_reader import StreamReader
 from producer import RedisBufferedDataLogger
 from tests.conftest import Cli
-from tests.helpers import assert_rows_match, dead_letter_count, produce_workload
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import assert_rows_match, dead_letter_count, drain_with_worker, produce_workload
 
 
 def simulations_on_every_node(cluster: RedisCluster, keys: Keys, prefix: str) -> list[str]:

@@ -8,18 +8,8 @@ from sqlalchemy import select
 
 from common import schema
 from common.codec import describe
-from common.settings import ConsumerSettings
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
-
-
-def drain_with_worker(redis_url: str, db_url: str, namespace: str, **overrides) -> Worker:
-    """Run one worker in this process until every simulation is persisted."""
-    settings = ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace, drain=True,
-                                block_ms=100, discover_interval_ms=50, **overrides)
-    worker = Worker(settings, slot=0, name="test-worker")
-    assert worker.run() == 0
-    return worker
+from tests.helpers import drain_with_worker
 
 
 def rows(engine, table, simulation_id):

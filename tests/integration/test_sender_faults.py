@@ -22,8 +22,7 @@ from common.layouts import STANDALONE, layout_named
 from common.rows import RowMaker
 from common.stream_append import RECORDS_ADDED_FIELD
 from producer import StreamProducer
-from tests.helpers import wait_for
-from tests.integration.test_roundtrip import drain_with_worker
+from tests.helpers import drain_with_worker, wait_for
 
 
 def nested(depth: int) -> dict:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 
-from common.settings import ConsumerSettings
 from consumer.stream_status import stream_status
 from common.keys import Keys
 from consumer.ops.health import SINK_UNUSABLE, HealthThresholds, verdict
-from consumer.worker import Worker
 from producer import RedisBufferedDataLogger
-from tests.helpers import wait_for
+from tests.helpers import start_worker, wait_for
 
 
 def agent_ids(path) -> list[str]:
@@ -28,14 +25,6 @@ def agent_ids(path) -> list[str]:
 
 def log_agent(logger, agent_id: str) -> None:
     logger.log_agent(agent_id, 0, "system", (1.0, 2.0), 5.0, 10.0)
-
-
-def start_worker(redis_url: str, db_url: str, namespace: str) -> tuple[Worker, threading.Thread]:
-    worker = Worker(ConsumerSettings(redis_url=redis_url, db_url=db_url, namespace=namespace, block_ms=100,
-                                     discover_interval_ms=50), name="consumer-0")
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    return worker, thread
 
 
 def test_a_shared_database_it_cannot_use_is_one_line_and_exit_code_2(cli, tmp_path):

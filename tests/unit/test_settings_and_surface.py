@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import common
 import consumer
 import consumer.bench
+import consumer.ops
 import producer
 from common.errors import ConfigurationError
 from common.keys import Keys
@@ -50,16 +52,30 @@ def test_a_simulations_keys_share_one_cluster_hash_tag():
     assert keys.simulation_of(keys.stream("sim-1").encode()) == "sim-1"
 
 
+PUBLIC_NAMES = {
+    common: ["FORMAT_VERSION", "KINDS", "BatchEncoder", "ConfigurationError", "ConsumerSettings",
+             "DatabaseUnavailable", "DecodedEntry", "EncodedBatch", "ExitCode", "GroupMissing", "Keys", "Mix",
+             "PermanentError", "PersistTimeout", "ProducerSettings", "RecentStates", "Record", "RecordError",
+             "RecordKind", "RedisIMConfig", "RedisSTMConfig", "RedisUnavailable", "RowMaker", "SenderFailed",
+             "SimstreamError", "TierWriter", "TransientError", "append_entries", "decode", "decode_entry",
+             "layout_named", "make_encoder", "mask_secrets", "row_columns"],
+    producer: ["FlushReport", "RedisBufferedDataLogger", "StreamProducer"],
+    consumer: ["HealthThresholds", "Sink", "SinkPool", "StreamStatus", "Supervisor", "Worker", "WriteResult",
+               "all_statuses", "consumer_name", "stream_status", "verdict"],
+    consumer.ops: ["EmbeddedRedis", "HealthThresholds", "RetryResult", "list_dead_letters", "purge_dead_letters",
+                   "retry_dead_letters", "status_report", "verdict"],
+    consumer.bench: ["EXTRA_MEASUREMENTS", "BenchContext", "BenchOptions", "Measurement", "Row", "run_bench"],
+}
+
+
 def test_each_package_exports_exactly_its_public_names():
-    assert producer.__all__ == ["FlushReport", "RedisBufferedDataLogger", "StreamProducer"]
-    assert {"Worker", "Supervisor", "Sink", "SinkPool", "stream_status", "HealthThresholds", "verdict"} <= set(consumer.__all__)
-    assert {"ConsumerSettings", "ProducerSettings", "Keys", "decode", "KINDS", "Mix",
-            "mask_secrets"} <= set(common.__all__)
-    assert {"RecentStates", "RedisSTMConfig", "RedisIMConfig", "TierWriter"} <= set(common.__all__)
-    assert consumer.bench.__all__ == ["EXTRA_MEASUREMENTS", "BenchContext", "BenchOptions", "Measurement", "Row",
-                                      "run_bench"]
-    for package in (common, consumer, consumer.bench, producer):
-        assert all(hasattr(package, name) for name in package.__all__)
+    # Every package the distribution ships is pinned here
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert sorted(package.__name__ for package in PUBLIC_NAMES) == sorted(shipped)
+    for package, names in PUBLIC_NAMES.items():
+        assert package.__all__ == names, package.__name__
+        assert all(hasattr(package, name) for name in names), package.__name__
+        assert len(set(names)) == len(names), package.__name__
 
 
 def _imported_packages(package: str) -> set[str]:
