@@ -1,4 +1,5 @@
-"""The SQL side of simstream: consumer workers, their supervisor, the sink, and the CLI."""
+"""The SQL side of simstream: the persist path (workers, their supervisor, the stream reader, the sink);
+operator tools in ``consumer.ops``, benchmarks in ``consumer.bench``."""
 
 from consumer.ops.health import HealthThresholds, verdict
 from consumer.stream_status import StreamStatus, all_statuses, stream_status

@@ -1,6 +1,6 @@
 """Operator tools: the ``simstream`` command, ``status`` and its health verdicts, progress, the
 metrics endpoint, dead letters, the demo and the embedded Redis server. Nothing on the persist
-path imports them, except the supervisor's progress bar.
+path imports them, except the supervisor, which starts the progress bar and the metrics endpoint.
 
 Its public names are what a program reaches for without the command: the health verdict of a
 stream, the status report, dead letters, and the embedded Redis server. The command itself is
