@@ -217,6 +217,7 @@ class Supervisor:
         for process in live:
             os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE_S
+        stragglers: set[int] = set()
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
@@ -224,7 +225,9 @@ class Supervisor:
                       grace_s=round(_STOP_GRACE_S))
                 process.kill()
                 process.join()
-        codes = [_stop_code(p.exitcode) for p in live] + list(self._finished.values())
+                stragglers.add(process.pid)
+        codes = [int(ExitCode.FAILED) if p.pid in stragglers else _stop_code(p.exitcode) for p in live]
+        codes += list(self._finished.values())
         event(log, logging.INFO, "supervisor.stopped", workers=len(self._workers), exit_codes=codes)
         return ExitCode.OK if all(code == 0 for code in codes) else ExitCode.FAILED
 
@@ -240,13 +243,20 @@ class Supervisor:
 
 
 def _stop_code(exitcode: int) -> int:
-    """A worker's exit code after a stop; killed by that SIGTERM counts as a clean stop.
+    """A worker's exit code after a stop; killed by that SIGTERM, or by another signal from outside
+    as the stop began, counts as a clean stop (a straggler the supervisor had to kill does not).
 
     Only a worker still starting (before ``_worker_main`` blocked the signal) can die of SIGTERM:
     afterwards its handler turns SIGTERM into a clean stop. So it had read nothing yet.
     """
     if exitcode == -signal.SIGTERM:
         event(log, logging.INFO, "supervisor.worker_stopped_while_starting")
+        return int(ExitCode.OK)
+    if exitcode is not None and exitcode < 0:
+        # Killed from outside (kill -9, the OOM killer) as the stop began: the crash a restart
+        # would have answered, had the consumers not been stopping. Its entries stay pending and
+        # the next consumer replays them, as after any crash; the stop itself went as asked.
+        event(log, logging.WARNING, "supervisor.worker_died_while_stopping", exit=exitcode)
         return int(ExitCode.OK)
     return exitcode
 

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.timeout(240)
 ENTRY_RECORDS = 50
 
 
+@pytest.mark.newest_redis  # a long run: once, on the newest Redis
 @pytest.mark.parametrize("moment", ["after_commit", "after_read"])
 def test_a_worker_killed_holding_batch_entries_is_replayed_with_exact_rows_and_counts(
         cli, redis_server, sink_engine, namespace, simulation_id, tmp_path, moment):

@@ -132,7 +132,7 @@ def test_random_sigkills_during_a_run_lose_and_double_nothing(cli, redis_server,
             kills += 1
     logger.close()
     supervisor.send_signal(signal.SIGTERM)
-    assert supervisor.wait(60) == 0
+    assert supervisor.wait(60) == 0, cli.output(supervisor)
     drained = cli.run("consume", "--processes", "2", "--drain", *FAST, *LEFTOVERS)
 
     # Then: after the kills, every row is there exactly once
