@@ -20,7 +20,8 @@ def test_parallel_consumers_whose_connections_are_cut_write_every_row_once(
         logger = RedisBufferedDataLogger(sim, redis_server.url, namespace=namespace, batch_size=500)
         expected[sim] = produce_workload(logger, steps=120, agents=15)
         logger.close()
-    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "100", "--log-json", *FAST)
+    # one entry per transaction (up to 250 records), so commits are short enough to land between cuts
+    consumers = cli.start("consume", "--processes", "3", "--drain", "--batch-size", "1", "--log-json", *FAST)
     wait_for(lambda: events_named(cli.output(consumers), "worker.started"), what="a consumer at work")
 
     # When: the server cuts every consumer connection again and again while they work
