@@ -43,9 +43,11 @@ def test_a_master_without_replicas_makes_replica_acks_a_configuration_error_at_s
 
 def test_batches_count_as_sent_only_while_a_replica_confirms_them(redis_server, replica, namespace, simulation_id,
                                                                  tmp_path):
-    # Given: a producer that waits for one replica, and a replica in sync
+    # Given: a producer that waits for one replica, and a replica in sync (it confirms a write)
+    with redis.Redis.from_url(redis_server.url) as master:
+        wait_for(lambda: master.set("sync-probe", 1) and master.wait(1, 200) >= 1, what="the replica in sync")
     producer = StreamProducer(simulation_id, redis_server.url, namespace=namespace, replica_acks=1,
-                              replica_wait_ms=200, spill_after_s=0.5, batch_size=50,
+                              replica_wait_ms=200, spill_after_s=2.0, batch_size=50,
                               journal_retry_interval_s=0.2, journal_dir=str(tmp_path / "journal"))
     for step in range(100):
         producer.log("agent_action", step_number=step, agent_id="a1", action_type="move")
