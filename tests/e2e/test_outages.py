@@ -206,9 +206,9 @@ def test_redis_connections_cut_mid_batch_are_reopened_and_nothing_is_lost(
         cli, redis_server, sink_engine, namespace, simulation_id, tmp_path):
     # Given: a large complete simulation and two consumers at work on it
     logger = quick_logger(redis_server.url, namespace, simulation_id, tmp_path)
-    expected = produce_workload(logger, steps=200, agents=20)
+    expected = produce_workload(logger, steps=400, agents=20)
     logger.close()
-    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "2", "--log-json", *FAST)
+    consumers = cli.start("consume", "--processes", "2", "--drain", "--batch-size", "1", "--log-json", *FAST)
 
     # When: every client connection is killed again and again while they work
     client = redis_server.client()
